@@ -7,6 +7,7 @@ one clear line naming the variable, so ``__main__`` can exit without a traceback
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Annotated, Literal
 from urllib.parse import urlparse
@@ -158,7 +159,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     loc = first.get("loc") or ("?",)
     name = ENV_PREFIX + str(loc[0]).upper()
     raw = first.get("input")
-    shown = "" if isinstance(raw, dict) or "TOKEN" in name or "KEY" in name else f" (got {raw!r})"
+    secret = "TOKEN" in name or "KEY" in name or isinstance(raw, dict)
+    if isinstance(raw, str) and "://" in raw:
+        raw = re.sub(r"//[^/@]*@", "//***@", raw)  # never echo credentials in URLs
+    shown = "" if secret else f" (got {raw!r})"
     return f"invalid configuration: {name}: {first.get('msg')}{shown}"
 
 

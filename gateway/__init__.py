@@ -1,0 +1,3 @@
+"""Real-time WebSocket gateway for Django applications."""
+
+__version__ = "0.1.0"

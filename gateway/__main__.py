@@ -1,0 +1,79 @@
+"""``gateway`` / ``python -m gateway``: settings -> app -> serve; SIGTERM drains, then exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.logs import AccessLogger, setup_logging
+
+log = logging.getLogger("gateway")
+
+
+def install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(settings: Settings) -> None:
+    from gateway.app import NODE, create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port} (GATEWAY_PORT): {exc.strerror}"
+        ) from None
+    log.info("listening on http://%s:%d (ws path /ws)", settings.host, settings.port)
+    stop = asyncio.Event()
+    drain = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(drain.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
+    node = app[NODE]
+    if drain.is_set():
+        log.info("SIGTERM: draining over %.1fs", settings.drain_seconds)
+        await node.drain(settings.drain_seconds)
+    else:
+        log.info("SIGINT: shutting down")
+        node.draining = True
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(settings.log_format, settings.log_level, settings.node_id)
+    install_uvloop()
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

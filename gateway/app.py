@@ -1,0 +1,152 @@
+"""The aiohttp application: routes, typed app state, startup and cleanup."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import api, dashboard
+from gateway.backend.base import Backend
+from gateway.backend.factory import make_backend
+from gateway.config import Settings
+from gateway.djangoapi import DjangoClient
+from gateway.metrics import Metrics
+from gateway.node import Node
+from gateway.ws import handle_ws
+
+log = logging.getLogger("gateway.app")
+
+NODE = web.AppKey("node", Node)
+SETTINGS = web.AppKey("settings", Settings)
+DASHBOARD_TOKEN = web.AppKey("dashboard_token", str)  # "" = dashboard disabled
+
+STATIC_DIR = Path(str(resources.files("gateway").joinpath("static")))
+
+
+def resolve_dashboard_token(settings: Settings) -> str:
+    if settings.dashboard_token is not None:
+        return settings.dashboard_token.get_secret_value()
+    if settings.embedded:
+        token = secrets.token_urlsafe(24)
+        # the one secret ever printed: a local, embedded node needs a way in
+        log.warning("dashboard token: %s", token)
+        return token
+    log.warning(
+        "GATEWAY_DASHBOARD_TOKEN is not set: the dashboard answers 404 "
+        "(replicas on Redis must share one token; set it on every node)"
+    )
+    return ""
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> web.Application:
+    app = web.Application(client_max_size=max(settings.max_message_bytes, 1024 * 1024))
+    metrics = Metrics()
+    node = Node(
+        settings, backend or make_backend(settings), DjangoClient(settings, metrics), metrics
+    )
+    app[NODE] = node
+    app[SETTINGS] = settings
+    app[DASHBOARD_TOKEN] = resolve_dashboard_token(settings)
+
+    async def ws(request: web.Request) -> web.StreamResponse:
+        return await handle_ws(request, node)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": node.node_id})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = await node.ready()
+        body = {"ready": ready, "draining": node.draining, "backend": node.backend.name}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        node.metrics.pubsub_reconnects.set(
+            sum(link.reconnects for link in getattr(node.backend, "_links", {}).values())
+        )
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def publish(request: web.Request) -> web.Response:
+        return await api.publish(request, node)
+
+    async def disconnect(request: web.Request) -> web.Response:
+        return await api.disconnect(request, node)
+
+    async def client_js(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(
+            STATIC_DIR / "client.js", headers={"Content-Type": "text/javascript; charset=utf-8"}
+        )
+
+    app.router.add_get("/ws", ws)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_post("/api/publish", publish)
+    app.router.add_post("/api/disconnect", disconnect)
+    app.router.add_get("/client.js", client_js)
+    dashboard.add_routes(app, node, lambda: app[DASHBOARD_TOKEN])
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR, append_version=False)
+    _add_socketio(app, node)
+    app.middlewares.append(cors_middleware(settings.cors_origins))
+    app.cleanup_ctx.append(_lifecycle(node))
+    return app
+
+
+def _add_socketio(app: web.Application, node: Node) -> None:
+    try:
+        from gateway.socketio.routes import add_routes
+    except ImportError:  # transport not installed in this build
+        return
+    add_routes(app, node)
+
+
+def _lifecycle(node: Node):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await node.start()
+        log.info(
+            "node %s ready (backend %s, Django %s)",
+            node.node_id,
+            node.backend.name,
+            node.settings.django_base_url,
+        )
+        yield
+        await node.stop()
+
+    return ctx
+
+
+def cors_middleware(origins: list[str]):  # type: ignore[no-untyped-def]
+    """CORS for the HTTP API (publish, dashboard JSON) from configured origins only."""
+    allowed = {o.rstrip("/") for o in origins}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        origin = request.headers.get("Origin", "").rstrip("/")
+        ok = bool(origin) and (origin in allowed or "*" in allowed)
+        is_api = request.path.startswith(("/api/", "/dashboard/"))
+        if request.method == "OPTIONS" and ok and is_api:
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                    "Vary": "Origin",
+                },
+            )
+        response = await handler(request)
+        if ok and is_api:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware

@@ -1,0 +1,36 @@
+"""Choose the backend from the settings: embedded memory, or Redis (single or Cluster)."""
+
+from __future__ import annotations
+
+from gateway.backend.base import Backend
+from gateway.backend.memory import MemoryBackend
+from gateway.backend.redis_publish import HistoryPolicy
+from gateway.config import Settings
+
+
+def history_policy(settings: Settings) -> HistoryPolicy:
+    return HistoryPolicy(
+        size=settings.history_size,
+        ttl_s=settings.history_ttl_seconds,
+        meta_ttl_s=settings.history_meta_ttl_s,
+    )
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.redis_url is None:
+        return MemoryBackend(
+            history_size=settings.history_size,
+            history_ttl_s=settings.history_ttl_seconds,
+            history_meta_ttl_s=settings.history_meta_ttl_s,
+        )
+    from gateway.backend.redis import RedisBackend
+
+    return RedisBackend(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        cluster=settings.cluster_mode,
+        history=history_policy(settings),
+        node_lease_s=settings.node_lease_s,
+        probe_s=settings.pubsub_probe_s,
+        unsubscribe_delay_s=settings.unsubscribe_delay_s,
+    )

@@ -1,0 +1,127 @@
+"""Every Redis key and channel name, in one place.
+
+Room keys carry the room in a ``{hash tag}`` so that all of a room's keys (and its shard channel)
+share one Redis Cluster slot; the atomic publish script touches only those. Global indexes
+(nodes, clients, rooms, events) share the ``{g}`` tag so small scripts can update them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "gateway"
+
+    # --- per room (same slot) -------------------------------------------------------------
+    def room_meta(self, room: str) -> str:
+        """hash {epoch, offset}; TTL history_meta_ttl_s, refreshed on publish."""
+        return f"{self.prefix}:room:{{{room}}}:meta"
+
+    def room_history(self, room: str) -> str:
+        """stream, entry id ``0-<offset>``, field ``d`` = event body; capped, TTL history_ttl."""
+        return f"{self.prefix}:room:{{{room}}}:hist"
+
+    def room_idempotency(self, room: str, key: str) -> str:
+        """string ``offset:epoch:eventId``; TTL 300 s."""
+        return f"{self.prefix}:room:{{{room}}}:idem:{key}"
+
+    def room_presence(self, room: str) -> str:
+        """hash connectionId -> ``userId\\x1frole\\x1fnode``."""
+        return f"{self.prefix}:room:{{{room}}}:presence"
+
+    def room_channel(self, room: str) -> str:
+        """pub/sub (sharded in cluster mode) channel of the room's live events."""
+        return f"{self.prefix}:room:{{{room}}}:ch"
+
+    def is_room_channel(self, channel: str) -> bool:
+        return channel.startswith(f"{self.prefix}:room:{{") and channel.endswith("}:ch")
+
+    def room_from_channel(self, channel: str) -> str:
+        start = len(self.prefix) + 7  # len(":room:{")
+        return channel[start:-4]  # strip "}:ch"
+
+    # --- cluster-wide -----------------------------------------------------------------------
+    @property
+    def control_channel(self) -> str:
+        return f"{self.prefix}:control"
+
+    def node_channel(self, node: str) -> str:
+        """the node's own channel, used by the pub/sub liveness probe."""
+        return f"{self.prefix}:node:{{{node}}}:probe"
+
+    @property
+    def nodes(self) -> str:
+        """zset node -> last heartbeat (epoch ms): the index of nodes, alive or not."""
+        return f"{self.prefix}:{{g}}:nodes"
+
+    def node_lease(self, node: str) -> str:
+        """string: the node's stats snapshot (JSON); PX lease, refreshed by heartbeats."""
+        return f"{self.prefix}:node:{{{node}}}:lease"
+
+    def node_memberships(self, node: str) -> str:
+        """set of ``room\\x1fconnectionId`` held by the node's connections."""
+        return f"{self.prefix}:node:{{{node}}}:memberships"
+
+    def node_connections(self, node: str) -> str:
+        """set of the node's connection ids."""
+        return f"{self.prefix}:node:{{{node}}}:connections"
+
+    def user_connections(self, user_id: str) -> str:
+        """set of a user's connection ids, cluster-wide (for ``disconnect``)."""
+        return f"{self.prefix}:user:{{{user_id}}}:connections"
+
+    @property
+    def clients(self) -> str:
+        """zset (all scores 0) of connection ids, for lexicographic cursor paging."""
+        return f"{self.prefix}:{{g}}:clients"
+
+    @property
+    def client_info(self) -> str:
+        """hash connectionId -> JSON {userId, role, node, connectedAt}."""
+        return f"{self.prefix}:{{g}}:clients:info"
+
+    @property
+    def rooms(self) -> str:
+        """zset (all scores 0) of rooms with members, for paging."""
+        return f"{self.prefix}:{{g}}:rooms"
+
+    @property
+    def room_members(self) -> str:
+        """hash room -> member count (connections)."""
+        return f"{self.prefix}:{{g}}:rooms:members"
+
+    @property
+    def events(self) -> str:
+        """stream of event summaries for the dashboard, capped."""
+        return f"{self.prefix}:{{g}}:events"
+
+    def events_minute(self, minute: int) -> str:
+        """hash type -> count for one minute (epoch minutes); TTL 2 h."""
+        return f"{self.prefix}:{{g}}:epm:{minute}"
+
+    @property
+    def events_series(self) -> str:
+        """hash minute -> total, rolled up by the worker (last 60 minutes)."""
+        return f"{self.prefix}:{{g}}:epm:series"
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}:ingest"
+
+    @property
+    def ingest_dead(self) -> str:
+        return f"{self.prefix}:ingest:dead"
+
+    @property
+    def ingest_group(self) -> str:
+        return "gateway-workers"
+
+    def lease(self, job: str) -> str:
+        """string lock for once-only jobs (janitor sweep, rollup); PX lease."""
+        return f"{self.prefix}:lease:{job}"
+
+    @property
+    def auth_cache_prefix(self) -> str:
+        return f"{self.prefix}:auth:"

@@ -1,0 +1,45 @@
+-- Atomic publish of one event to one room: offset, history append, TTLs, fan-out.
+-- KEYS[1] room meta hash {epoch, offset}
+-- KEYS[2] room history stream (entry id 0-<offset>, field d = body)
+-- KEYS[3] idempotency key (same slot; ignored when ARGV[7] is "")
+-- ARGV[1] channel           ARGV[2] event body (JSON)       ARGV[3] history size (0 = none)
+-- ARGV[4] history TTL (s)    ARGV[5] meta TTL (s)            ARGV[6] epoch to use if the room has none
+-- ARGV[7] idempotency flag ("1" or "")                       ARGV[8] idempotency TTL (s)
+-- ARGV[9] "PUBLISH" or "SPUBLISH"                            ARGV[10] event id
+-- KEYS[4] dashboard events stream, KEYS[5] this minute's counter hash: used only when ARGV[11]
+-- is "1" (single Redis); in Cluster mode they live in another slot and the caller records them.
+-- ARGV[11] record flag   ARGV[12] event type   ARGV[13] ts (ms)   ARGV[14] source   ARGV[15] room
+-- Returns {offset, epoch, duplicate (0/1), event id}.
+if ARGV[7] == "1" then
+  local prev = redis.call("GET", KEYS[3])
+  if prev then
+    local a = string.find(prev, ":", 1, true)
+    local b = string.find(prev, ":", a + 1, true)
+    return {tonumber(string.sub(prev, 1, a - 1)), string.sub(prev, a + 1, b - 1), 1,
+            string.sub(prev, b + 1)}
+  end
+end
+local epoch = redis.call("HGET", KEYS[1], "epoch")
+if not epoch then
+  -- the room's history was lost (or never existed): a new epoch, and no stale entries in it
+  epoch = ARGV[6]
+  redis.call("HSET", KEYS[1], "epoch", epoch, "offset", 0)
+  redis.call("DEL", KEYS[2])
+end
+local offset = redis.call("HINCRBY", KEYS[1], "offset", 1)
+redis.call("EXPIRE", KEYS[1], ARGV[5])
+if tonumber(ARGV[3]) > 0 then
+  redis.call("XADD", KEYS[2], "MAXLEN", ARGV[3], "0-" .. offset, "d", ARGV[2])
+  redis.call("EXPIRE", KEYS[2], ARGV[4])
+end
+redis.call(ARGV[9], ARGV[1], offset .. ":" .. epoch .. ":" .. ARGV[2])
+if ARGV[7] == "1" then
+  redis.call("SET", KEYS[3], offset .. ":" .. epoch .. ":" .. ARGV[10], "EX", ARGV[8])
+end
+if ARGV[11] == "1" then
+  redis.call("XADD", KEYS[4], "MAXLEN", "~", 1000, "*", "room", ARGV[15], "type", ARGV[12],
+             "id", ARGV[10], "ts", ARGV[13], "source", ARGV[14])
+  redis.call("HINCRBY", KEYS[5], ARGV[12], 1)
+  redis.call("EXPIRE", KEYS[5], 7200)
+end
+return {offset, epoch, 0, ARGV[10]}

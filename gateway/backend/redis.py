@@ -1,0 +1,330 @@
+"""The Redis backend: stateless nodes share rooms, presence, history and fan-out through Redis.
+
+Fan-out uses one pub/sub connection per Redis server (one in total on a single Redis; one per
+master with Redis Cluster, where sharded pub/sub keeps each room's traffic on its slot's master).
+A node subscribes to a room's channel only while it has local members; unsubscribes are deferred
+briefly so join/leave churn does not thrash Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from gateway.backend import redis_publish, scripts
+from gateway.backend.base import (
+    ConnectionInfo,
+    ControlHandler,
+    ControlMessage,
+    NodeStats,
+    Page,
+    Position,
+    PresenceMember,
+    Publication,
+    PublicationHandler,
+    PublishResult,
+    Recovery,
+    ResyncHandler,
+)
+from gateway.backend.keys import Keys
+from gateway.backend.pubsub_link import Endpoint, PubSubLink
+from gateway.backend.redis_publish import HistoryPolicy
+from gateway.backend.redis_state import RedisState
+from gateway.events import now_ms
+
+log = logging.getLogger("gateway.redis")
+
+
+def plain_url(url: str) -> str:
+    return url.replace("+cluster", "")
+
+
+def make_client(url: str, *, cluster: bool, timeout_s: float = 5.0) -> Any:
+    options: dict[str, Any] = {
+        "protocol": 2,  # reply shapes this module parses; pub/sub has its own connection
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 15,
+    }
+    if cluster:
+        return RedisCluster.from_url(plain_url(url), **options)
+    return aioredis.Redis.from_url(
+        url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1), **options
+    )
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gateway",
+        cluster: bool = False,
+        history: HistoryPolicy | None = None,
+        node_lease_s: float = 15.0,
+        probe_s: float = 5.0,
+        unsubscribe_delay_s: float = 2.0,
+        client: Any = None,
+    ) -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self.cluster = cluster
+        self.history = history or HistoryPolicy()
+        self.client = client or make_client(url, cluster=cluster)
+        self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s)
+        self._endpoint = Endpoint.from_url(plain_url(url))
+        self._probe_s = probe_s
+        self._unsub_delay_s = unsubscribe_delay_s
+        self._links: dict[str, PubSubLink] = {}
+        self._pending_unsub: dict[str, asyncio.TimerHandle] = {}
+        self._node_id = ""
+        self._on_publication: PublicationHandler | None = None
+        self._on_control: ControlHandler | None = None
+        self._on_resync: ResyncHandler | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_seen = asyncio.Event()
+        self.dropped_messages = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(
+        self,
+        node_id: str,
+        on_publication: PublicationHandler,
+        on_control: ControlHandler,
+        on_resync: ResyncHandler,
+    ) -> None:
+        self._node_id = node_id
+        self._on_publication = on_publication
+        self._on_control = on_control
+        self._on_resync = on_resync
+        if self.cluster:
+            await self.client.initialize()
+        await self._link_for(self.keys.control_channel).subscribe([self.keys.control_channel])
+        own = self.keys.node_channel(node_id)
+        await self._link_for(own).subscribe([own])
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="pubsub probe")
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        for handle in self._pending_unsub.values():
+            handle.cancel()
+        for link in self._links.values():
+            await link.close()
+        await self.client.aclose()
+
+    async def ready(self) -> bool:
+        try:
+            async with asyncio.timeout(2):
+                await self.client.ping()
+        except (RedisError, OSError, TimeoutError):
+            return False
+        return all(link.connected for link in self._links.values())
+
+    # --- fan-out ------------------------------------------------------------------------------
+    def _link_for(self, channel: str) -> PubSubLink:
+        endpoint = self._endpoint
+        if self.cluster:
+            node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(channel))
+            endpoint = endpoint.with_address(node.host, node.port)
+        link = self._links.get(endpoint.name)
+        if link is None:
+            link = PubSubLink(
+                endpoint,
+                sharded=self.cluster,
+                on_message=self._on_message,
+                on_lost=self._on_lost,
+                probe_s=self._probe_s,
+            )
+            self._links[endpoint.name] = link
+            link.start()
+        return link
+
+    async def subscribe(self, room: str) -> None:
+        channel = self.keys.room_channel(room)
+        handle = self._pending_unsub.pop(room, None)
+        if handle is not None:
+            handle.cancel()
+        await self._link_for(channel).subscribe([channel])
+
+    def unsubscribe(self, room: str) -> None:
+        if room in self._pending_unsub:
+            return
+        loop = asyncio.get_running_loop()
+        self._pending_unsub[room] = loop.call_later(self._unsub_delay_s, self._unsubscribe, room)
+
+    def _unsubscribe(self, room: str) -> None:
+        self._pending_unsub.pop(room, None)
+        channel = self.keys.room_channel(room)
+        for link in self._links.values():
+            if channel in link.channels:
+                link.unsubscribe([channel])
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self.keys.control_channel:
+            try:
+                msg = orjson.loads(data)
+                message = ControlMessage(action=msg["action"], args=msg.get("args", {}))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning("ignoring malformed control message")
+                return
+            if self._on_control is not None:
+                self._on_control(message)
+            return
+        if channel == self.keys.node_channel(self._node_id):
+            self._probe_seen.set()
+            return
+        try:
+            offset_raw, epoch_raw, body = data.split(b":", 2)
+            pub = Publication(
+                room=self.keys.room_from_channel(channel),
+                offset=int(offset_raw),
+                epoch=epoch_raw.decode(),
+                body=body,
+            )
+        except ValueError:
+            self.dropped_messages += 1
+            log.warning("ignoring malformed publication on %s", channel)
+            return
+        if self._on_publication is not None:
+            self._on_publication(pub)
+
+    def _on_lost(self, channels: set[str]) -> None:
+        rooms = [self.keys.room_from_channel(c) for c in channels if self.keys.is_room_channel(c)]
+        if rooms and self._on_resync is not None:
+            self._on_resync(rooms)
+
+    async def _probe_loop(self) -> None:
+        """Publish to our own channel; if it does not come back, restart that connection."""
+        own = self.keys.node_channel(self._node_id)
+        publish = "SPUBLISH" if self.cluster else "PUBLISH"
+        while True:
+            await asyncio.sleep(self._probe_s)
+            link = self._link_for(own)
+            if not link.connected:
+                continue
+            self._probe_seen.clear()
+            try:
+                await self.client.execute_command(publish, own, b"probe")
+                async with asyncio.timeout(self._probe_s):
+                    await self._probe_seen.wait()
+            except TimeoutError:
+                link.restart("liveness probe not delivered")
+            except (RedisError, OSError) as exc:
+                log.debug("probe publish failed: %s", exc)
+
+    # --- publishing and history ---------------------------------------------------------------
+    async def publish(
+        self,
+        rooms: Sequence[str],
+        type_: str,
+        payload_json: bytes,
+        source: str,
+        *,
+        event_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
+        event_id, calls = redis_publish.build_calls(
+            self.keys,
+            self.history,
+            rooms,
+            type_,
+            payload_json,
+            source,
+            sharded=self.cluster,
+            event_id=event_id,
+            idempotency_key=idempotency_key,
+        )
+        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+
+    async def history_since(self, room: str, since: Position | None) -> Recovery:
+        result = await scripts.load(scripts.HISTORY).run(
+            self.client,
+            [self.keys.room_meta(room), self.keys.room_history(room)],
+            [
+                secrets.token_hex(4),
+                max(self.history.meta_ttl_s, self.history.ttl_s),
+                since.offset if since else -1,
+                since.epoch if since else "",
+            ],
+        )
+        offset, epoch, recovered, flat = int(result[0]), result[1], int(result[2]), result[3]
+        epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        position = Position(offset=offset, epoch=epoch)
+        if not recovered:
+            return Recovery(position=position, recovered=False)
+        pubs = [
+            Publication(
+                room=room, offset=int(flat[i].split(b"-")[1]), epoch=epoch, body=flat[i + 1]
+            )
+            for i in range(0, len(flat), 2)
+        ]
+        return Recovery(position=position, recovered=True, publications=pubs)
+
+    async def control(self, message: ControlMessage) -> None:
+        data = orjson.dumps({"action": message.action, "args": message.args})
+        publish = "SPUBLISH" if self.cluster else "PUBLISH"
+        await self.client.execute_command(publish, self.keys.control_channel, data)
+
+    # --- membership and presence --------------------------------------------------------------
+    async def add_connection(self, conn: ConnectionInfo) -> None:
+        await self.state.add_connection(conn)
+
+    async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        await self.state.remove_connection(conn, rooms)
+
+    async def join(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        await self.state.join(conn, rooms, all_rooms)
+
+    async def leave(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        await self.state.leave(conn, rooms, all_rooms)
+
+    async def presence(self, room: str) -> list[PresenceMember]:
+        return await self.state.presence(room)
+
+    async def user_connections(self, user_id: str) -> int:
+        return await self.state.user_connections(user_id)
+
+    # --- node registry, dashboard -------------------------------------------------------------
+    async def heartbeat(self, stats: NodeStats) -> None:
+        await self.state.heartbeat(stats, now_ms())
+
+    async def deregister(self) -> None:
+        await self.state.remove_node(self._node_id)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return await self.state.nodes()
+
+    async def list_clients(self, limit: int, cursor: str | None) -> Page:
+        return await self.state.list_clients(limit, cursor)
+
+    async def list_rooms(self, limit: int, cursor: str | None) -> Page:
+        return await self.state.list_rooms(limit, cursor)
+
+    async def recent_events(self, limit: int, cursor: str | None) -> Page:
+        return await self.state.recent_events(limit, cursor)
+
+    async def events_per_minute(self, now_ms_: int) -> list[int]:
+        return await self.state.events_per_minute(now_ms_)
+
+    async def cleanup(self) -> dict[str, int]:
+        return await self.state.cleanup(exclude={self._node_id})

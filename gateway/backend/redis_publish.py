@@ -1,0 +1,175 @@
+"""The atomic publish on Redis, shared by nodes, the worker and Django's ``Publisher``.
+
+One pipeline carries one script call per room (one round trip for any number of rooms). Each call
+is atomic for its room. Imports no aiohttp; works with sync and asyncio redis clients alike.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from gateway.backend import scripts
+from gateway.backend.base import IDEMPOTENCY_TTL_S, PublishResult
+from gateway.backend.keys import Keys
+from gateway.events import build_body, new_event_id, now_ms
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    size: int = 100
+    ttl_s: int = 600
+    meta_ttl_s: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCall:
+    room: str
+    keys: list[str]
+    args: list[Any]
+    summary: tuple[str, str, str, int, str]  # room, type, id, ts, source
+
+
+def build_calls(
+    keys: Keys,
+    policy: HistoryPolicy,
+    rooms: Sequence[str],
+    type_: str,
+    payload_json: bytes,
+    source: str,
+    *,
+    sharded: bool,
+    event_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[str, list[PublishCall]]:
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    event_id = event_id or new_event_id()
+    ts = now_ms()
+    epoch = secrets.token_hex(4)
+    record_inline = "0" if sharded else "1"
+    calls = []
+    for room in rooms:
+        body = build_body(room, type_, payload_json, event_id, ts, source)
+        call_keys = [
+            keys.room_meta(room),
+            keys.room_history(room),
+            keys.room_idempotency(room, idempotency_key or "-"),
+            keys.events,
+            keys.events_minute(ts // 60000),
+        ]
+        args: list[Any] = [
+            keys.room_channel(room),
+            body,
+            policy.size,
+            policy.ttl_s,
+            max(policy.meta_ttl_s, policy.ttl_s),
+            epoch,
+            "1" if idempotency_key else "",
+            IDEMPOTENCY_TTL_S,
+            "SPUBLISH" if sharded else "PUBLISH",
+            event_id,
+            record_inline,
+            type_,
+            ts,
+            source,
+            room,
+        ]
+        if sharded:
+            call_keys = call_keys[:3]
+        calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source)))
+    return event_id, calls
+
+
+def _queue(pipe: Any, calls: list[PublishCall]) -> None:
+    script = scripts.load(scripts.PUBLISH)
+    for call in calls:
+        pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+
+
+def _record(pipe: Any, keys: Keys, calls: list[PublishCall], results: list[Any]) -> bool:
+    """Cluster mode: dashboard bookkeeping in a second pipeline (another slot)."""
+    queued = False
+    for call, result in zip(calls, results, strict=True):
+        if int(result[2]):
+            continue  # idempotent repeat: already counted
+        room, type_, event_id, ts, source = call.summary
+        pipe.xadd(
+            keys.events,
+            {"room": room, "type": type_, "id": event_id, "ts": ts, "source": source},
+            maxlen=1000,
+            approximate=True,
+        )
+        pipe.hincrby(keys.events_minute(ts // 60000), type_, 1)
+        pipe.expire(keys.events_minute(ts // 60000), 7200)
+        queued = True
+    return queued
+
+
+def _result(event_id: str, calls: list[PublishCall], results: list[Any]) -> PublishResult:
+    offsets: dict[str, int] = {}
+    duplicate = False
+    for call, result in zip(calls, results, strict=True):
+        offsets[call.room] = int(result[0])
+        if int(result[2]):
+            duplicate = True
+            first_id = result[3]
+            event_id = first_id.decode() if isinstance(first_id, bytes) else str(first_id)
+    return PublishResult(event_id=event_id, offsets=offsets, duplicate=duplicate)
+
+
+def _needs_reload(results: list[Any]) -> bool:
+    for r in results:
+        if isinstance(r, NoScriptError):
+            return True
+        if isinstance(r, ResponseError):
+            raise r
+    return False
+
+
+async def run_async(
+    client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
+) -> PublishResult:
+    results = await _execute_async(client, calls)
+    if sharded:
+        pipe = client.pipeline(transaction=False)
+        if _record(pipe, keys, calls, results):
+            await pipe.execute()
+    return _result(event_id, calls, results)
+
+
+async def _execute_async(client: Any, calls: list[PublishCall]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, calls)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    if _needs_reload(results):
+        # Redis restarted and lost its script cache: re-run only the calls that did not run.
+        script = scripts.load(scripts.PUBLISH)
+        for i, r in enumerate(results):
+            if isinstance(r, NoScriptError):
+                results[i] = await script.run(client, calls[i].keys, calls[i].args)
+    return results
+
+
+def run_sync(
+    client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
+) -> PublishResult:
+    pipe = client.pipeline(transaction=False)
+    _queue(pipe, calls)
+    results: list[Any] = pipe.execute(raise_on_error=False)
+    if _needs_reload(results):
+        script = scripts.load(scripts.PUBLISH)
+        for i, r in enumerate(results):
+            if isinstance(r, NoScriptError):
+                results[i] = script.run_sync(client, calls[i].keys, calls[i].args)
+    if sharded:
+        pipe = client.pipeline(transaction=False)
+        if _record(pipe, keys, calls, results):
+            pipe.execute()
+    return _result(event_id, calls, results)

@@ -1,0 +1,267 @@
+"""Cluster-wide state in Redis: connections, memberships, presence, node leases, dashboard
+indexes, and the janitor that removes what dead nodes left behind. Used by nodes and the worker.
+
+Never KEYS or SCAN: every question is answered from named indexes of bounded size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from gateway.backend import scripts
+from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
+from gateway.backend.keys import Keys
+
+log = logging.getLogger("gateway.redis")
+
+SEP = "\x1f"
+MAX_PAGE = 1000
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisState:
+    def __init__(self, client: Any, keys: Keys, *, node_lease_s: float = 15.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.node_lease_ms = int(node_lease_s * 1000)
+
+    # --- connections and memberships ---------------------------------------------------------
+    def _client_json(self, conn: ConnectionInfo, rooms: Sequence[str]) -> bytes:
+        return orjson.dumps(
+            {
+                "connectionId": conn.connection_id,
+                "userId": conn.user_id,
+                "role": conn.role,
+                "node": conn.node,
+                "rooms": sorted(rooms),
+                "connectedAt": conn.connected_at_ms,
+            }
+        )
+
+    async def add_connection(self, conn: ConnectionInfo) -> None:
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(k.node_connections(conn.node), conn.connection_id)
+        pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
+        pipe.zadd(k.clients, {conn.connection_id: 0})
+        pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, []))
+        await pipe.execute()
+
+    async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_leave(pipe, conn, rooms)
+        pipe.srem(k.node_connections(conn.node), conn.connection_id)
+        pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
+        pipe.zrem(k.clients, conn.connection_id)
+        pipe.hdel(k.client_info, conn.connection_id)
+        await pipe.execute()
+        if rooms:
+            await self._count(-1, rooms)
+
+    async def join(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        k = self.keys
+        value = SEP.join((conn.user_id, conn.role, conn.node))
+        pipe = self.client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hset(k.room_presence(room), conn.connection_id, value)
+            pipe.sadd(k.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
+        pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, all_rooms))
+        results = await pipe.execute()
+        # count only memberships that are new (HSET answers 1 for a new field)
+        new_rooms = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        if new_rooms:
+            await self._count(1, new_rooms)
+
+    async def leave(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_leave(pipe, conn, rooms)
+        pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, all_rooms))
+        results = await pipe.execute()
+        gone = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        if gone:
+            await self._count(-1, gone)
+
+    def _queue_leave(self, pipe: Any, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        for room in rooms:
+            pipe.hdel(self.keys.room_presence(room), conn.connection_id)
+            pipe.srem(self.keys.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
+
+    async def _count(self, delta: int, rooms: Sequence[str]) -> None:
+        await scripts.load(scripts.ROOM_COUNT).run(
+            self.client, [self.keys.room_members, self.keys.rooms], [delta, *rooms]
+        )
+
+    async def live_nodes(self) -> set[str]:
+        """Nodes whose lease has not expired."""
+        names = [_s(n) for n in await self.client.zrange(self.keys.nodes, 0, -1)]
+        if not names:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.keys.node_lease(name))
+        alive = await pipe.execute()
+        return {name for name, ok in zip(names, alive, strict=True) if ok}
+
+    async def presence(self, room: str) -> list[PresenceMember]:
+        raw = await self.client.hgetall(self.keys.room_presence(room))
+        alive = await self.live_nodes()
+        counts: Counter[tuple[str, str]] = Counter()
+        for value in raw.values():
+            user_id, role, node = _s(value).split(SEP)
+            if node in alive:
+                counts[(user_id, role)] += 1
+        return [PresenceMember(u, r, n) for (u, r), n in sorted(counts.items())]
+
+    async def user_connections(self, user_id: str) -> int:
+        return int(await self.client.scard(self.keys.user_connections(user_id)))
+
+    # --- node registry ------------------------------------------------------------------------
+    async def heartbeat(self, stats: NodeStats, now_ms: int) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(
+            self.keys.node_lease(stats.node), orjson.dumps(stats.as_dict()), px=self.node_lease_ms
+        )
+        pipe.zadd(self.keys.nodes, {stats.node: now_ms})
+        await pipe.execute()
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        entries = await self.client.zrange(self.keys.nodes, 0, -1, withscores=True)
+        if not entries:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name, _ in entries:
+            pipe.get(self.keys.node_lease(_s(name)))
+        snapshots = await pipe.execute()
+        out = []
+        for (name, seen), snap in zip(entries, snapshots, strict=True):
+            if snap is None:
+                out.append({"node": _s(name), "alive": False, "lastSeenMs": int(seen)})
+            else:
+                out.append({**orjson.loads(snap), "alive": True, "lastSeenMs": int(seen)})
+        return out
+
+    # --- dashboard lists ----------------------------------------------------------------------
+    async def _lex_page(self, index: str, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        start = f"({cursor}" if cursor else "-"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(index, start, "+", bylex=True, offset=0, num=limit + 1)
+        pipe.zcard(index)
+        names, total = await pipe.execute()
+        return [_s(n) for n in names], int(total)
+
+    async def list_clients(self, limit: int, cursor: str | None) -> Page:
+        ids, total = await self._lex_page(self.keys.clients, limit, cursor)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        infos = await self.client.hmget(self.keys.client_info, ids) if ids else []
+        items = [orjson.loads(info) for info in infos if info is not None]
+        return Page(items=items, total=total, next_cursor=ids[-1] if more else None)
+
+    async def list_rooms(self, limit: int, cursor: str | None) -> Page:
+        rooms, total = await self._lex_page(self.keys.rooms, limit, cursor)
+        more = len(rooms) > limit
+        rooms = rooms[:limit]
+        counts = await self.client.hmget(self.keys.room_members, rooms) if rooms else []
+        items = [
+            {"room": room, "members": int(c or 0)} for room, c in zip(rooms, counts, strict=True)
+        ]
+        return Page(items=items, total=total, next_cursor=rooms[-1] if more else None)
+
+    async def recent_events(self, limit: int, cursor: str | None) -> Page:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrevrange(self.keys.events, f"({cursor}" if cursor else "+", "-", count=limit + 1)
+        pipe.xlen(self.keys.events)
+        entries, total = await pipe.execute()
+        more = len(entries) > limit
+        entries = entries[:limit]
+        items = []
+        for _, fields in entries:
+            f = {_s(k): _s(v) for k, v in fields.items()}
+            items.append({**f, "ts": int(f["ts"])})
+        next_cursor = _s(entries[-1][0]) if more else None
+        return Page(items=items, total=int(total), next_cursor=next_cursor)
+
+    async def events_per_minute(self, now_ms: int) -> list[int]:
+        minute = now_ms // 60000
+        pipe = self.client.pipeline(transaction=False)
+        for m in range(minute - 59, minute + 1):
+            pipe.hvals(self.keys.events_minute(m))
+        return [sum(int(v) for v in values) for values in await pipe.execute()]
+
+    # --- janitor ------------------------------------------------------------------------------
+    async def remove_node(self, node: str) -> dict[str, int]:
+        """Remove a node's connections, memberships, presence and registry entry."""
+        k = self.keys
+        memberships = [_s(m) for m in await self.client.smembers(k.node_memberships(node))]
+        connections = [_s(c) for c in await self.client.smembers(k.node_connections(node))]
+        infos = await self.client.hmget(k.client_info, connections) if connections else []
+        pipe = self.client.pipeline(transaction=False)
+        for conn_id, info in zip(connections, infos, strict=True):
+            if info is not None:
+                pipe.srem(k.user_connections(str(orjson.loads(info)["userId"])), conn_id)
+        by_room: dict[str, list[str]] = {}
+        for member in memberships:
+            room, conn_id = member.split(SEP, 1)
+            by_room.setdefault(room, []).append(conn_id)
+        for room, conn_ids in by_room.items():
+            pipe.hdel(k.room_presence(room), *conn_ids)
+        if connections:
+            pipe.zrem(k.clients, *connections)
+            pipe.hdel(k.client_info, *connections)
+        pipe.delete(k.node_memberships(node), k.node_connections(node), k.node_lease(node))
+        pipe.zrem(k.nodes, node)
+        results = await pipe.execute()
+        skip = sum(1 for info in infos if info is not None)
+        presence_removed = sum(int(r) for r in results[skip : skip + len(by_room)])
+        for room, conn_ids in by_room.items():
+            await self._count(-len(conn_ids), [room])
+        return {
+            "nodes": 1,
+            "connections": len(connections),
+            "memberships": len(memberships),
+            "presence": presence_removed,
+        }
+
+    async def cleanup(self, exclude: set[str] | None = None) -> dict[str, int]:
+        removed = {"nodes": 0, "connections": 0, "memberships": 0, "presence": 0}
+        names = [_s(n) for n in await self.client.zrange(self.keys.nodes, 0, -1)]
+        alive = await self.live_nodes()
+        for node in names:
+            if node in alive or (exclude and node in exclude):
+                continue
+            log.info("removing state of dead node %s", node)
+            for key, n in (await self.remove_node(node)).items():
+                removed[key] += n
+        removed["presence"] += await self._sweep_stale_presence(alive | (exclude or set()))
+        return removed
+
+    async def _sweep_stale_presence(self, alive: set[str]) -> int:
+        """Second line of defence: presence entries whose node is not alive (e.g. a node that
+        died before it was registered). Walks the bounded room index, never the keyspace."""
+        removed = 0
+        cursor: str | None = None
+        while True:
+            rooms, _ = await self._lex_page(self.keys.rooms, 200, cursor)
+            page = rooms[:200]
+            for room in page:
+                entries = await self.client.hgetall(self.keys.room_presence(room))
+                stale = [c for c, v in entries.items() if _s(v).split(SEP)[2] not in alive]
+                if stale:
+                    removed += int(await self.client.hdel(self.keys.room_presence(room), *stale))
+                    await self._count(-len(stale), [room])
+            if len(rooms) <= 200:
+                return removed
+            cursor = page[-1]

@@ -1,0 +1,42 @@
+"""Event bodies: built once per publish, shared by every backend and the Django publisher.
+
+Imports neither aiohttp nor redis, so ``gateway.publish`` stays light for Django processes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+
+SOURCES = frozenset({"client", "publisher", "api", "ingest"})
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def dumps_payload(payload: object) -> bytes:
+    """Serialize a payload once; raises ``TypeError`` for what JSON cannot carry."""
+    return orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+
+
+def build_body(
+    room: str, type_: str, payload_json: bytes, event_id: str, ts: int, source: str
+) -> bytes:
+    """The event object minus offset/epoch; the payload bytes are spliced in, not re-encoded."""
+    return orjson.dumps(
+        {
+            "room": room,
+            "type": type_,
+            "payload": orjson.Fragment(payload_json),
+            "id": event_id,
+            "ts": ts,
+            "source": source,
+        }
+    )

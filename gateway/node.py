@@ -1,0 +1,593 @@
+"""The node: what the protocol does, independent of the transport that carries it.
+
+Transports (``ws.py`` for ``/ws``, ``socketio/`` for Socket.IO) create sessions and hand their
+frames to ``Node.handle``; the node answers through ``Session.send`` and never sees a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+
+from gateway.backend.base import (
+    Backend,
+    ConnectionInfo,
+    ControlMessage,
+    NodeStats,
+    Position,
+    Publication,
+)
+from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
+from gateway.config import Settings
+from gateway.djangoapi import AuthFailure, DjangoClient
+from gateway.events import dumps_payload, new_event_id, now_ms
+from gateway.hub import Hub, Outbox
+from gateway.metrics import Metrics
+from gateway.protocol import (
+    BUSINESS_EVENTS,
+    KNOWN_EVENTS,
+    PRE_AUTH_EVENTS,
+    AuthenticatePayload,
+    Frame,
+    FrameId,
+    JoinRoomPayload,
+    ProtocolError,
+    RoomPayload,
+    decode_frame,
+    validate_payload,
+)
+from gateway.rooms import (
+    automatic_rooms,
+    check_access,
+    check_sender,
+    default_rooms,
+    rooms_from_answer,
+)
+from gateway.session import Session, Transport
+
+log = logging.getLogger("gateway.node")
+
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+try:  # redis is a dependency, but keep the node importable without it for the memory backend
+    from redis.exceptions import RedisError
+
+    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def new_connection_id() -> str:
+    """Time-ordered, so dashboard paging walks connections oldest first."""
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(5)}"
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Node:
+    def __init__(
+        self, settings: Settings, backend: Backend, django: DjangoClient, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.backend = backend
+        self.django = django
+        self.metrics = metrics
+        self.hub = Hub()
+        self.outbox = Outbox(on_overflow=self._on_overflow)
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = defaultdict(set)
+        self.by_ip: Counter[str] = Counter()
+        self.draining = False
+        self.backend_ok = True
+        self.started_at = time.time()
+        self.frames_in = 0
+        self.frames_out = 0
+        self._auth_timers: dict[Session, asyncio.TimerHandle] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.django.start()
+        await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
+        await self._heartbeat_once()
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._probe_loop(), name="django probe"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for session in list(self.sessions.values()):
+            session.close(CloseCode.GOING_AWAY, "server shutting down")
+        with contextlib.suppress(*BACKEND_ERRORS):
+            await self.backend.deregister()
+        await self.backend.close()
+        await self.django.close()
+
+    async def drain(self, seconds: float) -> None:
+        """Close every client with 1012, spread over ``seconds`` so they do not all reconnect
+        at once; readiness already reports 503 so the balancer sends new clients elsewhere."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        sessions = list(self.sessions.values())
+        log.info("draining %d connections over %.1fs", len(sessions), seconds)
+        if sessions:
+            step = seconds / len(sessions) if seconds > 0 else 0
+            batch = max(1, int(0.05 / step)) if step > 0 else len(sessions)
+            for i in range(0, len(sessions), batch):
+                for session in sessions[i : i + batch]:
+                    session.close(CloseCode.SERVICE_RESTART, "node restarting; reconnect")
+                if step > 0:
+                    await asyncio.sleep(step * batch)
+        deadline = time.monotonic() + 3
+        while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded wait
+            await asyncio.sleep(0.05)
+
+    async def ready(self) -> bool:
+        if self.draining:
+            return False
+        ok = await self.backend.ready()
+        if ok != self.backend_ok:
+            if ok:
+                log.info("backend reachable again")
+            else:
+                log.warning("backend unreachable: reporting not ready")
+        self.backend_ok = ok
+        self.metrics.ready.set(1 if ok else 0)
+        return ok
+
+    # --- sessions -----------------------------------------------------------------------------
+    def admit(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` must be refused, or None."""
+        if self.draining:
+            return "draining"
+        if len(self.sessions) >= self.settings.max_connections:
+            return "node_full"
+        if self.by_ip[ip] >= self.settings.max_connections_per_ip:
+            return "ip_limit"
+        return None
+
+    def open_session(self, transport: Transport, ip: str) -> Session:
+        session = Session(
+            new_connection_id(),
+            transport,
+            self.outbox,
+            ip=ip,
+            max_queue_bytes=self.settings.send_queue_bytes,
+            rate=self.settings.rate_limit,
+            burst=self.settings.rate_burst,
+        )
+        self.sessions[session.id] = session
+        self.by_ip[ip] += 1
+        self.metrics.connects.labels(transport.kind).inc()
+        self.metrics.connections.labels("anonymous", transport.kind).inc()
+        loop = asyncio.get_running_loop()
+        self._auth_timers[session] = loop.call_later(
+            self.settings.auth_timeout_s, self._auth_deadline, session
+        )
+        log.debug("connection %s opened from %s", session.id, ip)
+        return session
+
+    def _auth_deadline(self, session: Session) -> None:
+        self._auth_timers.pop(session, None)
+        if session.identity is None and not session.closed:
+            log.info("connection %s closed: no authentication in time", session.id)
+            session.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
+
+    async def close_session(self, session: Session, code: int | None) -> None:
+        """The transport is gone: forget the session here and in the backend."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        timer = self._auth_timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        session.closed = True
+        self.by_ip[session.ip] -= 1
+        if self.by_ip[session.ip] <= 0:
+            del self.by_ip[session.ip]
+        role = session.identity.role if session.identity else "anonymous"
+        self.metrics.connections.labels(role, session.transport.kind).dec()
+        self.metrics.disconnects.labels(str(code or 1006)).inc()
+        rooms = list(session.rooms)
+        for room in rooms:
+            if self.hub.remove(session, room):
+                self.backend.unsubscribe(room)
+        if session.identity is not None and session.info is not None:
+            users = self.by_user.get(session.identity.user_id)
+            if users is not None:
+                users.discard(session)
+                if not users:
+                    del self.by_user[session.identity.user_id]
+            try:
+                await self.backend.remove_connection(session.info, rooms)
+            except BACKEND_ERRORS as exc:
+                self.metrics.redis_errors.labels("remove_connection").inc()
+                log.warning("could not remove connection %s from the backend: %s", session.id, exc)
+            log.info(
+                "connection %s closed (user %s, code %s, %.0fs)",
+                session.id,
+                session.identity.user_id,
+                code,
+                time.time() - session.connected_at,
+            )
+
+    async def authenticate_with(self, session: Session, token: str) -> None:
+        """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
+        await self._authenticate(session, AuthenticatePayload(token=token), None)
+
+    # --- frames -------------------------------------------------------------------------------
+    async def handle(self, session: Session, raw: str | bytes) -> None:
+        self.frames_in += 1
+        if not session.bucket.take():
+            self._rate_limited(session)
+            return
+        frame_id: FrameId | None = None
+        try:
+            frame = decode_frame(raw)
+            frame_id = frame.id
+            self.metrics.frames_in.labels(
+                frame.event if frame.event in KNOWN_EVENTS else "unknown"
+            ).inc()
+            await self.dispatch(session, frame)
+        except ProtocolError as exc:
+            self.reply_error(session, exc, frame_id)
+
+    async def dispatch(self, session: Session, frame: Frame) -> None:
+        event = frame.event
+        if session.identity is None and event not in PRE_AUTH_EVENTS:
+            # judged before unknown_event, as the contract orders errors
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "authenticate first")
+        if event == "ping":
+            self.reply(session, "pong", {}, frame.id)
+        elif event == "authenticate":
+            payload = validate_payload(AuthenticatePayload, frame.data)
+            await self._authenticate(session, payload, frame.id)
+        elif event == "join_room":
+            await self._join(session, validate_payload(JoinRoomPayload, frame.data), frame.id)
+        elif event == "leave_room":
+            await self._leave(session, validate_payload(RoomPayload, frame.data), frame.id)
+        elif event == "presence":
+            await self._presence(session, validate_payload(RoomPayload, frame.data), frame.id)
+        elif event in BUSINESS_EVENTS:
+            await self._business(session, event, frame.data, frame.id)
+        else:
+            raise ProtocolError(ErrorCode.UNKNOWN_EVENT, f"unknown event '{event[:64]}'", "event")
+
+    def reply(self, session: Session, event: str, data: Any, frame_id: FrameId | None) -> None:
+        self.frames_out += 1
+        self.metrics.frames_out.labels(event).inc()
+        session.send(event, data, frame_id)
+
+    def reply_error(self, session: Session, exc: ProtocolError, frame_id: FrameId | None) -> None:
+        self.metrics.errors.labels(str(exc.code)).inc()
+        self.reply(session, "error", exc.as_data(), frame_id)
+
+    def _rate_limited(self, session: Session) -> None:
+        session.strikes += 1
+        self.metrics.rate_limited.inc()
+        if session.strikes >= self.settings.rate_limit_strikes:
+            log.info("connection %s closed: rate limit exceeded", session.id)
+            session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+            return
+        exc = ProtocolError(ErrorCode.RATE_LIMITED, "too many frames; slow down")
+        self.reply_error(session, exc, None)
+
+    # --- authentication -----------------------------------------------------------------------
+    async def _authenticate(
+        self, session: Session, payload: AuthenticatePayload, frame_id: FrameId | None
+    ) -> None:
+        if session.identity is not None:
+            raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")
+        try:
+            identity = await self.django.verify(payload.token)
+            if (payload.userId is not None and payload.userId != identity.user_id) or (
+                payload.role is not None and payload.role != identity.role
+            ):
+                raise AuthFailure(
+                    AuthErrorCode.IDENTITY_MISMATCH, "userId/role differ from the token's identity"
+                )
+            open_now = len(self.by_user.get(identity.user_id, ()))
+            if open_now >= self.settings.max_connections_per_user:
+                raise AuthFailure(
+                    AuthErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user"
+                )
+        except AuthFailure as exc:
+            self._auth_failed(session, exc, frame_id)
+            return
+        if session.closed:
+            return
+        timer = self._auth_timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        rooms = automatic_rooms(identity)
+        session.identity = identity
+        session.token = payload.token
+        session.info = ConnectionInfo(
+            connection_id=session.id,
+            user_id=identity.user_id,
+            role=identity.role,
+            node=self.node_id,
+            connected_at_ms=int(session.connected_at * 1000),
+        )
+        self.by_user[identity.user_id].add(session)
+        kind = session.transport.kind
+        self.metrics.connections.labels("anonymous", kind).dec()
+        self.metrics.connections.labels(identity.role, kind).inc()
+        try:
+            await self.backend.add_connection(session.info)
+            for room in rooms:
+                await self._enter(session, room)
+            await self.backend.join(session.info, rooms, sorted(session.rooms))
+        except BACKEND_ERRORS as exc:
+            self.metrics.redis_errors.labels("authenticate").inc()
+            log.warning("authentication of %s failed: backend error %s", session.id, exc)
+            failure = AuthFailure(AuthErrorCode.AUTH_UNAVAILABLE, "service unavailable, retry")
+            self._auth_failed(session, failure, frame_id)
+            return
+        self.metrics.auth.labels("success").inc()
+        log.info("connection %s authenticated: %s %s", session.id, identity.role, identity.user_id)
+        data = {
+            "userId": identity.user_id,
+            "role": identity.role,
+            "rooms": rooms,
+            "connectionId": session.id,
+            "node": self.node_id,
+        }
+        self.reply(session, "auth_success", data, frame_id)
+
+    def _auth_failed(self, session: Session, exc: AuthFailure, frame_id: FrameId | None) -> None:
+        self.metrics.auth.labels(str(exc.code)).inc()
+        log.info("connection %s authentication failed: %s", session.id, exc.code)
+        self.reply(session, "auth_error", {"code": str(exc.code), "message": exc.message}, frame_id)
+        session.close(exc.code.close_code, str(exc.code))
+
+    # --- rooms --------------------------------------------------------------------------------
+    async def _enter(self, session: Session, room: str) -> None:
+        """Join the local hub (subscribing the node if first) without recovery."""
+        session.rooms.add(room)
+        if self.hub.add(session, room):
+            try:
+                await self.backend.subscribe(room)
+            except BaseException:
+                session.rooms.discard(room)
+                self.hub.remove(session, room)
+                raise
+
+    async def _join(
+        self, session: Session, payload: JoinRoomPayload, frame_id: FrameId | None
+    ) -> None:
+        assert session.identity is not None and session.info is not None
+        room = payload.room
+        check_access(session.identity, room)
+        if room not in session.rooms and (
+            len(session.rooms) >= self.settings.max_rooms_per_connection
+        ):
+            raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "too many rooms on this connection")
+        if room in session.rooms:
+            recovery = await self._history(room, None)
+            position = recovery.position
+            self.reply(session, "room_joined", self._joined(room, position), frame_id)
+            return
+        if session.pending is None:
+            session.pending = {}
+        session.pending[room] = []
+        try:
+            await self._enter(session, room)
+            since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
+            recovery = await self._history(room, since)
+            await self.backend.join(session.info, [room], sorted(session.rooms))
+        except BACKEND_ERRORS as exc:
+            self._drop_pending(session, room)
+            if room in session.rooms:
+                session.rooms.discard(room)
+                if self.hub.remove(session, room):
+                    self.backend.unsubscribe(room)
+            self.metrics.redis_errors.labels("join").inc()
+            log.warning("join of %s failed: backend error %s", room, exc)
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "rooms are unavailable, retry") from None
+        data = self._joined(room, recovery.position)
+        if payload.since is not None:
+            data["recovered"] = recovery.recovered
+            data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
+        self.reply(session, "room_joined", data, frame_id)
+        # go live: what arrived while we read history, minus what the history already had
+        position = recovery.position
+        for pub in self._drop_pending(session, room):
+            if pub.epoch != position.epoch or pub.offset > position.offset:
+                session.enqueue(session.transport.encode_publication(pub))
+
+    async def _history(self, room: str, since: Position | None) -> Any:
+        return await self.backend.history_since(room, since)
+
+    @staticmethod
+    def _joined(room: str, position: Position) -> dict[str, Any]:
+        return {"room": room, "epoch": position.epoch, "offset": position.offset}
+
+    @staticmethod
+    def _drop_pending(session: Session, room: str) -> list[Publication]:
+        if session.pending is None:
+            return []
+        buffered = session.pending.pop(room, [])
+        if not session.pending:
+            session.pending = None
+        return buffered
+
+    async def _leave(
+        self, session: Session, payload: RoomPayload, frame_id: FrameId | None
+    ) -> None:
+        assert session.identity is not None and session.info is not None
+        room = payload.room
+        check_access(session.identity, room)
+        if room in session.rooms:
+            session.rooms.discard(room)
+            if self.hub.remove(session, room):
+                self.backend.unsubscribe(room)
+            try:
+                await self.backend.leave(session.info, [room], sorted(session.rooms))
+            except BACKEND_ERRORS as exc:
+                self.metrics.redis_errors.labels("leave").inc()
+                log.warning("leave of %s not recorded: backend error %s", room, exc)
+        self.reply(session, "room_left", {"room": room}, frame_id)
+
+    async def _presence(
+        self, session: Session, payload: RoomPayload, frame_id: FrameId | None
+    ) -> None:
+        assert session.identity is not None
+        check_access(session.identity, payload.room)
+        try:
+            members = await self.backend.presence(payload.room)
+        except BACKEND_ERRORS:
+            self.metrics.redis_errors.labels("presence").inc()
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence is unavailable, retry") from None
+        data = {
+            "room": payload.room,
+            "members": [
+                {"userId": m.user_id, "role": m.role, "connections": m.connections} for m in members
+            ],
+        }
+        self.reply(session, "presence", data, frame_id)
+
+    # --- business events ----------------------------------------------------------------------
+    async def _business(
+        self, session: Session, event: str, data: dict[str, Any], frame_id: FrameId | None
+    ) -> None:
+        assert session.identity is not None and session.token is not None
+        model = validate_payload(BUSINESS_EVENTS[event], data)
+        payload = model.model_dump(mode="json", exclude_none=True)
+        check_sender(session.identity, event, payload)
+        event_id = new_event_id()
+        outcome = await self.django.send_event(session.token, event_id, event, payload)
+        if outcome.status != "ok":
+            self.metrics.business_events.labels(event, outcome.status).inc()
+            if outcome.status == "rejected":
+                err = {"code": "rejected", "message": outcome.message}
+                if outcome.fields:
+                    err["fields"] = outcome.fields  # type: ignore[assignment]
+                self.metrics.errors.labels("rejected").inc()
+                self.reply(session, "error", err, frame_id)
+                return
+            raise ProtocolError(ErrorCode.DJANGO_UNAVAILABLE, "Django is unavailable, retry later")
+        body = outcome.body if outcome.body is not None else payload
+        rooms, body = rooms_from_answer(body, default_rooms(event, payload))
+        try:
+            await self.backend.publish(
+                rooms, event, dumps_payload(body), "client", event_id=event_id
+            )
+        except BACKEND_ERRORS as exc:
+            self.metrics.redis_errors.labels("publish").inc()
+            log.error("event %s confirmed by Django but not delivered: %s", event_id, exc)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, "confirmed by Django but delivery failed; refetch state"
+            ) from None
+        self.metrics.business_events.labels(event, "confirmed").inc()
+        self.metrics.publishes.labels("client").inc()
+        self.reply(session, "ack", {"event": event, "eventId": event_id}, frame_id)
+
+    # --- backend callbacks --------------------------------------------------------------------
+    def on_publication(self, pub: Publication) -> None:
+        in_order = self.hub.deliver(pub)
+        members = self.hub.rooms.get(pub.room)
+        if members:
+            self.metrics.deliveries.inc(len(members))
+            ts = _ts_of(pub.body)
+            if ts:
+                self.metrics.delivery_latency.observe(max(0.0, (now_ms() - ts) / 1000))
+        if not in_order:
+            self._send_rejoin([pub.room], "gap")
+
+    def on_resync(self, rooms: Any) -> None:
+        rooms = [r for r in rooms if r in self.hub.rooms]
+        self.hub.reset(rooms)
+        self._send_rejoin(rooms, "subscription_lost")
+
+    def _send_rejoin(self, rooms: list[str], reason: str) -> None:
+        for room in rooms:
+            for session in self.hub.members(room):
+                self.metrics.rejoins.labels(reason).inc()
+                self.reply(session, "rejoin", {"room": room, "reason": reason}, None)
+
+    def on_control(self, message: ControlMessage) -> None:
+        if message.action == "disconnect":
+            user_id = str(message.args.get("userId", ""))
+            for session in list(self.by_user.get(user_id, ())):
+                session.close(CloseCode.DISCONNECTED_BY_SERVER, "disconnected by the server")
+            if user_id in self.by_user:
+                log.info("disconnected user %s by server request", user_id)
+
+    def _on_overflow(self, session: Session) -> None:
+        self.metrics.slow_consumers.inc()
+        log.info("connection %s closed: send queue overflow (slow consumer)", session.id)
+
+    # --- periodic work ------------------------------------------------------------------------
+    def stats(self) -> NodeStats:
+        by_role: Counter[str] = Counter()
+        now = time.time()
+        total_age = 0.0
+        for s in self.sessions.values():
+            by_role[s.identity.role if s.identity else "anonymous"] += 1
+            total_age += now - s.connected_at
+        return NodeStats(
+            node=self.node_id,
+            connections=len(self.sessions),
+            by_role=dict(by_role),
+            rooms=len(self.hub.rooms),
+            rss_bytes=rss_bytes(),
+            uptime_s=now - self.started_at,
+            started_at_ms=int(self.started_at * 1000),
+            frames_in=self.frames_in,
+            frames_out=self.frames_out + self.hub.deliveries,
+            connection_seconds_sum=total_age,
+            django=self.django.probe.as_dict(),
+            ready=not self.draining and self.backend_ok,
+        )
+
+    async def _heartbeat_once(self) -> None:
+        self.metrics.rooms.set(len(self.hub.rooms))
+        await self.backend.heartbeat(self.stats())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_heartbeat_s)
+            try:
+                await self._heartbeat_once()
+                if not self.backend_ok:
+                    await self.ready()
+            except BACKEND_ERRORS as exc:
+                self.metrics.redis_errors.labels("heartbeat").inc()
+                if self.backend_ok:
+                    log.warning("heartbeat failed: %s", exc)
+                self.backend_ok = False
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await self.django.probe_once()
+            await asyncio.sleep(self.settings.django_probe_s)
+
+
+def _ts_of(body: bytes) -> int:
+    i = body.rfind(b'"ts":')
+    if i < 0:
+        return 0
+    j = body.find(b",", i)
+    try:
+        return int(body[i + 5 : j])
+    except ValueError:
+        return 0

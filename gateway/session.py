@@ -1,0 +1,187 @@
+"""One client connection: identity, rooms, rate limit and a bounded send queue.
+
+A session never sees a socket: it writes already-framed bytes to a ``Transport``. Sending never
+awaits: frames queue in the session, are coalesced into one write per socket per loop turn, and
+a client whose queue (ours plus the kernel-side transport buffer) exceeds the limit is closed with
+4503 instead of growing memory or delaying anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from gateway.backend.base import ConnectionInfo, Publication
+from gateway.closecodes import CloseCode
+from gateway.protocol import FrameId
+from gateway.rooms import Identity
+
+if TYPE_CHECKING:
+    from gateway.hub import Outbox
+
+# Below this many bytes in the transport's own buffer we hand it more; above it we hold frames
+# in our queue so that, on overflow, we can drop them and still send the close frame promptly.
+TRANSPORT_HIGH_WATER = 64 * 1024
+
+
+class Transport(Protocol):
+    kind: str  # "ws" or "sio": the hub caches one encoding of each event per kind
+
+    def encode(self, event: str, data_json: bytes, frame_id: FrameId | None) -> bytes:
+        """Wire bytes (framed for the socket) of one server frame."""
+
+    def encode_publication(self, pub: Publication) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def buffer_size(self) -> int: ...
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing; must not block."""
+
+
+class TokenBucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Session:
+    __slots__ = (
+        "_out",
+        "_out_bytes",
+        "_outbox",
+        "_retry_handle",
+        "bucket",
+        "closed",
+        "connected_at",
+        "id",
+        "identity",
+        "info",
+        "ip",
+        "max_queue_bytes",
+        "pending",
+        "rooms",
+        "strikes",
+        "token",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        connection_id: str,
+        transport: Transport,
+        outbox: Outbox,
+        *,
+        ip: str,
+        max_queue_bytes: int,
+        rate: float,
+        burst: int,
+    ) -> None:
+        self.id = connection_id
+        self.transport = transport
+        self._outbox = outbox
+        self.ip = ip
+        self.max_queue_bytes = max_queue_bytes
+        self.bucket = TokenBucket(rate, burst)
+        self.strikes = 0
+        self.identity: Identity | None = None
+        self.token: str | None = None  # held for business events to Django; never logged
+        self.info: ConnectionInfo | None = None
+        self.rooms: set[str] = set()
+        # rooms being joined with recovery: live publications wait here until history is sent
+        self.pending: dict[str, list[Publication]] | None = None
+        self.connected_at = time.time()
+        self.closed = False
+        self._out: deque[bytes] | None = None
+        self._out_bytes = 0
+        self._retry_handle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id}>"
+
+    # --- sending ----------------------------------------------------------------------------
+    def send(self, event: str, data: Any, frame_id: FrameId | None = None) -> None:
+        self.enqueue(self.transport.encode(event, orjson.dumps(data), frame_id))
+
+    def send_raw(self, event: str, data_json: bytes, frame_id: FrameId | None = None) -> None:
+        self.enqueue(self.transport.encode(event, data_json, frame_id))
+
+    def enqueue(self, wire: bytes) -> None:
+        if self.closed:
+            return
+        if self._out is None:
+            self._out = deque()
+        if not self._out:
+            self._outbox.mark(self)
+        self._out.append(wire)
+        self._out_bytes += len(wire)
+        if self._out_bytes + self.transport.buffer_size() > self.max_queue_bytes:
+            self._outbox.overflowed(self)
+            self.close(CloseCode.SLOW_CONSUMER, "send queue overflow: client too slow")
+
+    def flush(self) -> None:
+        """Hand queued frames to the transport in one write, as far as it takes them."""
+        out = self._out
+        if self.closed or not out:
+            return
+        room = TRANSPORT_HIGH_WATER - self.transport.buffer_size()
+        if room <= 0:
+            self._retry_later()
+            return
+        if len(out) == 1:
+            chunk = out.popleft()
+        else:
+            parts = []
+            size = 0
+            while out and size < room:
+                part = out.popleft()
+                parts.append(part)
+                size += len(part)
+            chunk = b"".join(parts)
+        self._out_bytes -= len(chunk)
+        self.transport.write(chunk)
+        if out:
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._retry_handle is None:
+            loop = asyncio.get_running_loop()
+            self._retry_handle = loop.call_later(0.02, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self.flush()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._out_bytes
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._out:
+            self._out.clear()
+        self._out_bytes = 0
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        self.transport.close(code, reason)

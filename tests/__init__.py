@@ -1,0 +1,1 @@
+"""Test suite. A package so helpers import as ``from tests.support import ...``."""

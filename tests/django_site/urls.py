@@ -1,0 +1,10 @@
+from django.urls import path, re_path
+
+from tests.django_site import views
+
+urlpatterns = [
+    path("api/v1/profile/", views.profile),
+    path("api/v1/events/", views.events),
+    path("control/", views.control),
+    re_path(r"^control/calls/?$", views.control_calls),
+]

@@ -1,0 +1,1 @@
+"""Integration tests: real redis-server, Django site and gateway processes."""
