@@ -155,3 +155,47 @@ def worker_process(
     factory = ProcessFactory(make)
     yield factory
     factory.stop_all()
+
+
+# --- in-process gateway nodes -----------------------------------------------------------------
+@pytest.fixture
+async def http() -> Any:
+    """One aiohttp ClientSession per test (closed afterwards)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def make_node(django_site: DjangoSite) -> Any:
+    """``await make_node(redis_url=None, **settings)`` -> ``RunningNode`` in this event loop:
+    real sockets, the real Django test site, memory backend unless ``redis_url`` is given.
+    Every node started is stopped at teardown."""
+    from tests.support.nodes import node_settings, start_node
+
+    started = []
+
+    async def make(redis_url: str | None = None, **overrides: Any) -> Any:
+        node = await start_node(node_settings(django_site.base_url, redis_url, **overrides))
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        await node.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over the embedded and the Redis backend."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def node(backend_kind: str, make_node: Any, request: pytest.FixtureRequest) -> Any:
+    """One running node on the backend of ``backend_kind`` (a fresh redis-server for Redis)."""
+    redis_url = None
+    if backend_kind == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+    return await make_node(redis_url)
