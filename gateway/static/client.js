@@ -142,7 +142,13 @@ function position(event) {
  */
 export class RoomTracker {
   constructor() {
-    /** @type {Map<string, {epoch: string|null, offset: number, floor: number|null, joining: boolean, buffer: object[]}>} */
+    /**
+     * room -> `{epoch, offset, floor, joining, buffer}`: `offset` is the `since` position (the
+     * join's baseline or the last delivered event), `floor` the last delivered offset (at or
+     * below it is a duplicate), `joining` a join in flight (live events wait in `buffer`).
+     * @type {Map<string, {epoch: string|null, offset: number, floor: number|null,
+     *   joining: boolean, buffer: object[]}>}
+     */
     this.cursors = new Map();
   }
 
@@ -507,14 +513,28 @@ export class GatewayClient {
       }
       this._ws = ws;
       let opened = false;
+      const failOpen = (why) => {
+        clearTimeout(openTimer);
+        if (!opened) reject(new GatewayError("connection_lost", `could not connect: ${why}`));
+      };
+      const openTimer = setTimeout(() => {
+        failOpen("timed out");
+        try {
+          ws.close();
+        } catch {
+          // not open yet
+        }
+      }, this._timeoutMs);
       ws.onmessage = (message) => this._onFrame(message.data);
       ws.onclose = (closeEvent) => {
         this._onClose(ws, closeEvent.code);
-        if (!opened) reject(new GatewayError("connection_lost", `closed (${closeEvent.code})`));
+        failOpen(`closed (${closeEvent.code})`);
       };
-      ws.onerror = () => {}; // onclose follows with the code
+      // Before the open, some implementations report a refused connection only as an error.
+      ws.onerror = () => failOpen("error");
       ws.onopen = () => {
         opened = true;
+        clearTimeout(openTimer);
         this._request("authenticate", { token: this._token, ...this._claims }, { wait: false })
           .then((frame) => {
             if (frame.event === "auth_error") {
@@ -531,8 +551,9 @@ export class GatewayClient {
             resolve(auth);
           })
           .catch((error) => {
-            if (error.code === "connection_lost" && TERMINAL_CLOSE_CODES.includes(error.closeCode)) {
-              reject(terminalCloseError(error.closeCode));
+            const code = error.closeCode;
+            if (error.code === "connection_lost" && TERMINAL_CLOSE_CODES.includes(code)) {
+              reject(terminalCloseError(code));
             } else {
               reject(error);
             }
@@ -687,7 +708,7 @@ export class GatewayClient {
   _waitConnected() {
     if (this.state === "connected") return Promise.resolve();
     if (this.state === "closed" || this.state === "failed") {
-      return Promise.reject(this.terminalError ?? new GatewayError("closed", "the client is closed"));
+      return Promise.reject(this._closedError());
     }
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -697,7 +718,7 @@ export class GatewayClient {
       const wake = () => {
         clearTimeout(timer);
         if (this.state === "connected") resolve();
-        else reject(this.terminalError ?? new GatewayError("closed", "the client is closed"));
+        else reject(this._closedError());
       };
       this._readyWaiters.add(wake);
     });
@@ -707,10 +728,9 @@ export class GatewayClient {
    * Send one frame with a fresh id and wait for the frame that answers it. `wait`: first wait
    * for the client to be connected (requests made while it reconnects go out once it is back).
    */
-  async _request(event, data, { wait = true, room = null, since = null, keepOnError = false } = {}) {
-    if (this.state === "closed" || this.state === "failed") {
-      throw this.terminalError ?? new GatewayError("closed", "the client is closed");
-    }
+  async _request(event, data, options = {}) {
+    const { wait = true, room = null, since = null, keepOnError = false } = options;
+    if (this.state === "closed" || this.state === "failed") throw this._closedError();
     if (wait) await this._waitConnected();
     const ws = this._ws;
     if (!ws || ws.readyState !== 1) throw connectionLost(this.closeCode);
@@ -723,6 +743,10 @@ export class GatewayClient {
       this._pending.set(id, { resolve, reject, timer, room, since, keepOnError });
       ws.send(JSON.stringify({ event, data, id }));
     });
+  }
+
+  _closedError() {
+    return this.terminalError ?? new GatewayError("closed", "the client is closed");
   }
 
   _failPending(error) {
@@ -804,8 +828,9 @@ export class GatewayClient {
 
   _deliver(data) {
     this.stats.eventsDelivered += 1;
-    const handlers = [...(this._handlers.get(String(data.type)) ?? []), ...(this._handlers.get("*") ?? [])];
-    this._enqueue(handlers, data, String(data.type));
+    const type = String(data.type);
+    const handlers = [...(this._handlers.get(type) ?? []), ...(this._handlers.get("*") ?? [])];
+    this._enqueue(handlers, data, type);
   }
 
   _emit(name, info) {
@@ -853,7 +878,9 @@ function connectionLost(closeCode) {
 }
 
 function terminalCloseError(code) {
-  if (code === 4401) return new AuthError("invalid_token", "closed with 4401: do not retry this token");
+  if (code === 4401) {
+    return new AuthError("invalid_token", "closed with 4401: do not retry this token");
+  }
   const error = new GatewayError("disconnected", `closed with ${code}: disconnected by the server`);
   error.terminal = true;
   return error;

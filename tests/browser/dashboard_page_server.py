@@ -212,7 +212,9 @@ class FakeCluster:
         if now - self.django["checkedAt"] >= 15_000:
             self.django = {
                 **self.django,
-                "latencyMs": round(self.rng.uniform(12, 60), 1),
+                "latencyMs": round(self.rng.uniform(12, 60), 1)
+                if self.django["reachable"]
+                else None,
                 "checkedAt": now,
             }
 

@@ -81,7 +81,7 @@ def test_topology_serves_through_nginx_and_stops_everything(django_site: DjangoS
 
 def test_a_node_that_cannot_start_is_reported_and_nothing_is_left() -> None:
     topo = launch.Topology(nodes=1, worker=False, env={"GATEWAY_MAX_MESSAGE_BYTES": "abc"})
-    with pytest.raises(launch.LaunchError, match=r"node-1 exited .*GATEWAY_MAX_MESSAGE_BYTES"):
+    with pytest.raises(launch.LaunchError, match=r"(?s)node-1 exited .*GATEWAY_MAX_MESSAGE_BYTES"):
         topo.start()
     assert [p.name for p in topo.procs] == ["redis", "node-1"]
     assert not [p.name for p in topo.procs if pid_alive(p.pid)]
