@@ -97,6 +97,7 @@ class Node:
         self.frames_in = 0
         self.frames_out = 0
         self._auth_timers: dict[Session, asyncio.TimerHandle] = {}
+        self._registered = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -108,6 +109,9 @@ class Node:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
         ]
+        if self.backend.name == "memory":
+            # embedded mode has no worker: the node sweeps its own stale state
+            self._tasks.append(asyncio.create_task(self._janitor_loop(), name="janitor"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -561,7 +565,21 @@ class Node:
 
     async def _heartbeat_once(self) -> None:
         self.metrics.rooms.set(len(self.hub.rooms))
-        await self.backend.heartbeat(self.stats())
+        known = await self.backend.heartbeat(self.stats())
+        if not known and self._registered:
+            await self._register_again()
+        self._registered = True
+
+    async def _register_again(self) -> None:
+        """Redis lost our registration (restart without data, or we were swept after a
+        partition): write our connections and memberships back so cluster state is right."""
+        sessions = [s for s in self.sessions.values() if s.info is not None and not s.closed]
+        log.warning("registration lost in the backend: registering %d connections", len(sessions))
+        for session in sessions:
+            assert session.info is not None
+            rooms = sorted(session.rooms)
+            await self.backend.add_connection(session.info)
+            await self.backend.join(session.info, rooms, rooms)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -575,6 +593,13 @@ class Node:
                 if self.backend_ok:
                     log.warning("heartbeat failed: %s", exc)
                 self.backend_ok = False
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.janitor_interval_s)
+            removed = await self.backend.cleanup()
+            if any(removed.values()):
+                log.debug("janitor removed %s", removed)
 
     async def _probe_loop(self) -> None:
         while True:

@@ -192,7 +192,9 @@ class Backend(Protocol):
         """How many connections the user has open, cluster-wide."""
 
     # --- node registry, dashboard -------------------------------------------------------------
-    async def heartbeat(self, stats: NodeStats) -> None: ...
+    async def heartbeat(self, stats: NodeStats) -> bool:
+        """Refresh this node's lease and stats snapshot. False when the backend had lost the
+        node's registration (the node then registers its connections and memberships again)."""
 
     async def deregister(self) -> None:
         """Remove this node's connections, memberships and registry entry (drain, shutdown)."""

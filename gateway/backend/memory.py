@@ -208,8 +208,9 @@ class MemoryBackend:
         return sum(1 for c in self._connections.values() if c.user_id == user_id)
 
     # --- node registry, dashboard -------------------------------------------------------------
-    async def heartbeat(self, stats: NodeStats) -> None:
+    async def heartbeat(self, stats: NodeStats) -> bool:
         self._stats = stats
+        return True
 
     async def deregister(self) -> None:
         self._connections.clear()

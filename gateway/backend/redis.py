@@ -305,8 +305,8 @@ class RedisBackend:
         return await self.state.user_connections(user_id)
 
     # --- node registry, dashboard -------------------------------------------------------------
-    async def heartbeat(self, stats: NodeStats) -> None:
-        await self.state.heartbeat(stats, now_ms())
+    async def heartbeat(self, stats: NodeStats) -> bool:
+        return await self.state.heartbeat(stats, now_ms())
 
     async def deregister(self) -> None:
         await self.state.remove_node(self._node_id)

@@ -129,13 +129,15 @@ class RedisState:
         return int(await self.client.scard(self.keys.user_connections(user_id)))
 
     # --- node registry ------------------------------------------------------------------------
-    async def heartbeat(self, stats: NodeStats, now_ms: int) -> None:
+    async def heartbeat(self, stats: NodeStats, now_ms: int) -> bool:
+        """Refresh the node's lease; False when the lease had vanished (Redis lost its data, or
+        the janitor removed the node after a partition): the node must register again."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(
-            self.keys.node_lease(stats.node), orjson.dumps(stats.as_dict()), px=self.node_lease_ms
-        )
+        lease = self.keys.node_lease(stats.node)
+        pipe.set(lease, orjson.dumps(stats.as_dict()), px=self.node_lease_ms, get=True)
         pipe.zadd(self.keys.nodes, {stats.node: now_ms})
-        await pipe.execute()
+        previous, _ = await pipe.execute()
+        return previous is not None
 
     async def nodes(self) -> list[dict[str, Any]]:
         entries = await self.client.zrange(self.keys.nodes, 0, -1, withscores=True)

@@ -266,7 +266,10 @@ function onStats(stats) {
   setText("rooms-count", fmtInt(stats.rooms));
   const series = normaliseSeries(stats.eventsPerMinuteSeries);
   setText("events-per-minute", fmtInt(stats.eventsPerMinute));
-  setText("events-per-minute-sub", `last full minute · ${fmtInt(series.at(-1))} so far this minute`);
+  setText(
+    "events-per-minute-sub",
+    `last full minute · ${fmtInt(series.at(-1))} so far this minute`,
+  );
   setText("avg-connection", fmtDuration(stats.avgConnectionSeconds));
   renderNodes(nodes);
   chart.setSeries(series);
@@ -281,7 +284,12 @@ function normaliseSeries(series) {
 }
 
 function renderRoles(byRole, total) {
-  const roles = [...KNOWN_ROLES, ...Object.keys(byRole).filter((r) => !KNOWN_ROLES.includes(r)).sort()];
+  const roles = [
+    ...KNOWN_ROLES,
+    ...Object.keys(byRole)
+      .filter((r) => !KNOWN_ROLES.includes(r))
+      .sort(),
+  ];
   const counts = roles.map((role) => num(byRole[role]) ?? 0);
   const denominator = Math.max(total ?? 0, ...counts, 1);
   const items = roles.map((role, i) => {
@@ -335,20 +343,29 @@ function nodeRow(node, probe) {
   });
   const framesIn = num(node.framesIn);
   const framesOut = num(node.framesOut);
-  const frames = framesIn === null && framesOut === null ? "—" : `${fmtInt(framesIn)} / ${fmtInt(framesOut)}`;
+  const frames =
+    framesIn === null && framesOut === null ? "—" : `${fmtInt(framesIn)} / ${fmtInt(framesOut)}`;
   const lastSeen = h("td", { class: "muted" });
   const seenMs = toEpochMs(node.lastSeenMs);
   if (seenMs === null) lastSeen.textContent = "—";
   else setAgo(lastSeen, seenMs);
   return h(
     "tr",
-    { "data-node": String(node.node ?? ""), "data-health": health, class: health === "ok" ? null : "node-down" },
+    {
+      "data-node": String(node.node ?? ""),
+      "data-health": health,
+      class: health === "ok" ? null : "node-down",
+    },
     h("td", {}, dot),
     h("td", { class: "node-id" }, String(node.node ?? "?")),
     h("td", { class: "num" }, fmtInt(node.connections)),
     h("td", { class: "num" }, fmtInt(node.rooms)),
     h("td", { class: "num" }, fmtMegabytes(node.rssBytes)),
-    h("td", { class: "num", title: `${fmtInt(node.uptimeSeconds)} s` }, fmtDuration(node.uptimeSeconds)),
+    h(
+      "td",
+      { class: "num", title: `${fmtInt(node.uptimeSeconds)} s` },
+      fmtDuration(node.uptimeSeconds),
+    ),
     h("td", { class: "num" }, frames),
     probeCell(probe),
     lastSeen,
@@ -632,13 +649,15 @@ class EpmChart {
     }
     const ago = SERIES_LENGTH - 1 - index;
     const minuteStart = new Date(Math.floor(this.seriesAt / 60000) * 60000 - ago * 60000);
-    const when = ago === 0 ? "this minute, so far" : `${ago} min ago · ${clockFormat.format(minuteStart)}`;
+    const when =
+      ago === 0 ? "this minute, so far" : `${ago} min ago · ${clockFormat.format(minuteStart)}`;
     tip.replaceChildren(h("strong", {}, `${fmtInt(this.series[index])} events`), when);
     tip.hidden = false;
     const wrap = tip.parentElement;
     const left = this.canvas.offsetLeft + this.geometry.x(index);
     const max = wrap.clientWidth - tip.offsetWidth - 4;
-    const placed = left + 12 + tip.offsetWidth > wrap.clientWidth ? left - tip.offsetWidth - 12 : left + 12;
+    const placed =
+      left + 12 + tip.offsetWidth > wrap.clientWidth ? left - tip.offsetWidth - 12 : left + 12;
     tip.style.left = `${Math.max(4, Math.min(max, placed))}px`;
   }
 }
@@ -701,7 +720,11 @@ function eventRow(event, fresh) {
     h("td", { title: dateTimeFormat.format(new Date(ts)) }, timeFormat.format(new Date(ts))),
     h("td", { class: "mono" }, room),
     h("td", {}, type),
-    h("td", {}, h("span", { class: "tag", "data-kind": SOURCES.has(source) ? source : null }, source)),
+    h(
+      "td",
+      {},
+      h("span", { class: "tag", "data-kind": SOURCES.has(source) ? source : null }, source),
+    ),
     h("td", { class: "mono muted" }, String(event.id ?? "")),
   );
   row.dataset.search = `${room} ${type} ${source}`.toLowerCase();
@@ -747,17 +770,21 @@ function setPaused(paused) {
   updateEventCount();
 }
 
+function plural(n, word) {
+  return `${fmtInt(n)} ${word}${n === 1 ? "" : "s"}`;
+}
+
 function updateEventCount() {
   const rows = $("event-log").rows;
-  const total = rows.length;
   let visible = 0;
   for (const row of rows) if (!row.hidden) visible++;
-  const parts = [];
-  if (total === 0) parts.push("No events yet.");
-  else if (state.filterTokens.length) parts.push(`Showing ${visible} of ${total} events matching the filter.`);
-  else parts.push(`${total} event${total === 1 ? "" : "s"} (newest first, last ${EVENT_LOG_CAP} kept).`);
-  if (state.paused) parts.push(`Paused: ${state.pending.length} new event${state.pending.length === 1 ? "" : "s"} waiting.`);
-  setText("event-count", parts.join(" "));
+  let text = `${plural(rows.length, "event")} (newest first, last ${EVENT_LOG_CAP} kept).`;
+  if (rows.length === 0) text = "No events yet.";
+  else if (state.filterTokens.length) {
+    text = `Showing ${fmtInt(visible)} of ${plural(rows.length, "event")} matching the filter.`;
+  }
+  if (state.paused) text += ` Paused: ${plural(state.pending.length, "new event")} waiting.`;
+  setText("event-count", text);
   setText("event-pause", state.paused ? `Resume (${state.pending.length})` : "Pause");
 }
 
@@ -809,16 +836,20 @@ class PagedTable {
       }
       if (reset) this.tbody.replaceChildren(...rows);
       else this.tbody.append(...rows);
-      if (!this.keys.size) this.tbody.replaceChildren(emptyRow(this.columns, `No ${this.noun} right now.`));
+      if (!this.keys.size)
+        this.tbody.replaceChildren(emptyRow(this.columns, `No ${this.noun} right now.`));
       this.pages += 1;
-      this.cursor = typeof data?.nextCursor === "string" || typeof data?.nextCursor === "number"
-        ? String(data.nextCursor)
-        : null;
+      this.cursor =
+        typeof data?.nextCursor === "string" || typeof data?.nextCursor === "number"
+          ? String(data.nextCursor)
+          : null;
       this.more.hidden = !this.cursor;
       const total = num(data?.total);
       setText(
         this.summary,
-        total === null ? `${fmtInt(this.keys.size)} shown` : `${fmtInt(this.keys.size)} of ${fmtInt(total)} shown`,
+        total === null
+          ? `${fmtInt(this.keys.size)} shown`
+          : `${fmtInt(this.keys.size)} of ${fmtInt(total)} shown`,
       );
     } catch (err) {
       setText(this.summary, `Could not load ${this.noun}: ${err.message}`);
@@ -853,8 +884,16 @@ function clientRow(client) {
   return h(
     "tr",
     { "data-connection-id": String(client.connectionId ?? "") },
-    h("td", { class: "mono", title: `connection ${client.connectionId ?? "?"}` }, String(client.userId ?? "")),
-    h("td", {}, h("span", { class: "tag", "data-kind": KNOWN_ROLES.includes(role) ? role : null }, role)),
+    h(
+      "td",
+      { class: "mono", title: `connection ${client.connectionId ?? "?"}` },
+      String(client.userId ?? ""),
+    ),
+    h(
+      "td",
+      {},
+      h("span", { class: "tag", "data-kind": KNOWN_ROLES.includes(role) ? role : null }, role),
+    ),
     h("td", { class: "mono" }, String(client.node ?? "")),
     h("td", { class: "mono", title: rooms.join("\n") || null }, roomsText),
     connected,
@@ -1061,11 +1100,17 @@ async function runCleanup(event) {
 
 function showCleanupResult(removed) {
   const counts = removed && typeof removed === "object" ? removed : {};
-  const keys = [...Object.keys(REMOVED_LABELS), ...Object.keys(counts).filter((k) => !(k in REMOVED_LABELS))];
+  const keys = [
+    ...Object.keys(REMOVED_LABELS),
+    ...Object.keys(counts).filter((k) => !(k in REMOVED_LABELS)),
+  ];
   const total = keys.reduce((sum, k) => sum + (num(counts[k]) ?? 0), 0);
   const list = h("dl");
   for (const key of keys) {
-    list.append(h("dt", {}, REMOVED_LABELS[key] ?? key), h("dd", { "data-removed": key }, fmtInt(counts[key] ?? 0)));
+    list.append(
+      h("dt", {}, REMOVED_LABELS[key] ?? key),
+      h("dd", { "data-removed": key }, fmtInt(counts[key] ?? 0)),
+    );
   }
   const heading = total ? "Cleanup finished. Removed:" : "Cleanup finished: nothing was stale.";
   const result = $("cleanup-result");
