@@ -30,6 +30,10 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 FEED_STATS_S = 2.0
 FEED_EVENTS_S = 1.0
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,7 +139,13 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
 
             return web.FileResponse(
                 STATIC_DIR / "dashboard.html",
-                headers={"Cache-Control": "no-store", "Content-Type": "text/html; charset=utf-8"},
+                headers={
+                    "Cache-Control": "no-store",
+                    "Content-Type": "text/html; charset=utf-8",
+                    "Content-Security-Policy": CSP,
+                    "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer",
+                },
             )
         stats = await backend_call(cluster_stats(node))
         return _json({**stats, "django": node.django.probe.as_dict()})

@@ -35,7 +35,8 @@ def matches(given: str | None, expected: str) -> bool:
 
 
 def unauthorized(message: str, *, basic_realm: str | None = None) -> web.Response:
-    headers = {"WWW-Authenticate": f'Basic realm="{basic_realm}"'} if basic_realm else {}
+    challenge = f'Basic realm="{basic_realm}"' if basic_realm else "Bearer"
+    headers = {"WWW-Authenticate": challenge}
     return web.json_response(
         {"error": "unauthorized", "message": message}, status=401, headers=headers
     )

@@ -177,7 +177,8 @@ async def make_node(django_site: DjangoSite) -> Any:
     started = []
 
     async def make(redis_url: str | None = None, **overrides: Any) -> Any:
-        node = await start_node(node_settings(django_site.base_url, redis_url, **overrides))
+        base_url = overrides.pop("django_base_url", django_site.base_url)
+        node = await start_node(node_settings(base_url, redis_url, **overrides))
         started.append(node)
         return node
 

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import path
+from marketplace import api
+from rest_framework_simplejwt.views import TokenObtainPairView
+
+from gateway.contrib.django.views import events_view, profile_view
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/profile/", profile_view),
+    path("api/v1/events/", events_view),
+    path("api/v1/token/", TokenObtainPairView.as_view()),
+    path("api/v1/reservations/", api.create_reservation),
+    path("api/v1/reservations/<int:pk>/accept/", api.accept_reservation),
+    path("api/v1/logout/", api.logout),
+]

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class MarketplaceConfig(AppConfig):
+    name = "marketplace"
+
+    def ready(self) -> None:
+        from marketplace import handlers  # noqa: F401 - registers the gateway event handlers

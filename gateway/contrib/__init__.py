@@ -1,0 +1,1 @@
+"""Integrations with frameworks (imported only by applications that use them)."""
