@@ -289,6 +289,7 @@ class Node:
         self.metrics.rate_limited.inc()
         if session.strikes >= self.settings.rate_limit_strikes:
             log.info("connection %s closed: rate limit exceeded", session.id)
+            session.flush()  # replies and rate_limited errors already queued go out first
             session.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
             return
         exc = ProtocolError(ErrorCode.RATE_LIMITED, "too many frames; slow down")
@@ -361,6 +362,7 @@ class Node:
         self.metrics.auth.labels(str(exc.code)).inc()
         log.info("connection %s authentication failed: %s", session.id, exc.code)
         self.reply(session, "auth_error", {"code": str(exc.code), "message": exc.message}, frame_id)
+        session.flush()  # close() drops queued frames: the auth_error must go out first
         session.close(exc.code.close_code, str(exc.code))
 
     # --- rooms --------------------------------------------------------------------------------
@@ -381,26 +383,25 @@ class Node:
         assert session.identity is not None and session.info is not None
         room = payload.room
         check_access(session.identity, room)
-        if room not in session.rooms and (
-            len(session.rooms) >= self.settings.max_rooms_per_connection
-        ):
+        member = room in session.rooms
+        if not member and len(session.rooms) >= self.settings.max_rooms_per_connection:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "too many rooms on this connection")
-        if room in session.rooms:
-            recovery = await self._history(room, None)
-            position = recovery.position
-            self.reply(session, "room_joined", self._joined(room, position), frame_id)
-            return
+        # Live publications wait in ``pending`` while history is read, so the reply's ``missed``
+        # and the live stream meet with no gap and no duplicate. A member (an automatic room
+        # after a reconnect, or a ``rejoin``) recovers the same way.
         if session.pending is None:
             session.pending = {}
         session.pending[room] = []
+        since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
         try:
-            await self._enter(session, room)
-            since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
+            if not member:
+                await self._enter(session, room)
             recovery = await self._history(room, since)
-            await self.backend.join(session.info, [room], sorted(session.rooms))
+            if not member:
+                await self.backend.join(session.info, [room], sorted(session.rooms))
         except BACKEND_ERRORS as exc:
             self._drop_pending(session, room)
-            if room in session.rooms:
+            if not member and room in session.rooms:
                 session.rooms.discard(room)
                 if self.hub.remove(session, room):
                     self.backend.unsubscribe(room)

@@ -84,7 +84,7 @@ def decode_frame(raw: str | bytes) -> Frame:
 
 
 def _check_id(value: str) -> str:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):  # match() would accept a trailing newline
         raise ValueError("must match [A-Za-z0-9_-]{1,64}")
     return value
 

@@ -12,8 +12,9 @@ from gateway.protocol import ProtocolError
 Role = Literal["cliente", "proveedor", "admin"]
 ROLES: tuple[Role, ...] = ("cliente", "proveedor", "admin")
 
-_PERSONAL = re.compile(r"^(cliente|proveedor)_([A-Za-z0-9_-]{1,64})$")
-_PUBLIC = re.compile(r"^(service|location)_([A-Za-z0-9_-]{1,64})$")
+# \Z, not $: "$" would also match before a trailing newline ("service_1\n")
+_PERSONAL = re.compile(r"^(cliente|proveedor)_([A-Za-z0-9_-]{1,64})\Z")
+_PUBLIC = re.compile(r"^(service|location)_([A-Za-z0-9_-]{1,64})\Z")
 _ROLE_WIDE = {"all_clientes": "cliente", "all_proveedores": "proveedor"}
 ADMIN_ROOM = "admin_dashboard"
 

@@ -107,6 +107,7 @@ class GatewayClient:
         request_timeout_s: float = 10.0,
         heartbeat_s: float | None = 20.0,
         max_reconnect_attempts: int | None = None,
+        connect_attempts: int | None = None,
         user_id: str | None = None,
         role: str | None = None,
         rng: random.Random | None = None,
@@ -122,6 +123,7 @@ class GatewayClient:
         self._timeout_s = request_timeout_s
         self._heartbeat_s = heartbeat_s
         self._max_attempts = max_reconnect_attempts
+        self._connect_attempts = connect_attempts or len(self._urls.urls)
         self._rng = rng or random.Random()
 
         self.state = ClientState.IDLE
@@ -177,15 +179,16 @@ class GatewayClient:
     async def connect(self) -> JsonObject:
         """Connect and authenticate; returns the ``auth_success`` data.
 
-        Tries each URL once (with backoff between them) before giving up. Raises ``AuthError`` on
-        ``auth_error`` and ``ConnectionLost``/``OSError``/``aiohttp.ClientError`` when no URL
-        could be reached.
+        Makes ``connect_attempts`` tries (default: each URL once), with backoff between them and
+        the next URL each time. Raises ``AuthError`` on ``auth_error`` (at once when the token is
+        refused) and ``ConnectionLost``/``OSError``/``aiohttp.ClientError`` when no try worked.
+        After a failure the client is ``FAILED``: make a new one to try again.
         """
         if self.state is not ClientState.IDLE:
             raise RuntimeError(f"connect() called in state {self.state.value}")
         self.state = ClientState.CONNECTING
         self._dispatcher = asyncio.create_task(self._dispatch_loop())
-        attempts = len(self._urls.urls)
+        attempts = self._connect_attempts
         for attempt in range(attempts):
             url = self._urls.current if attempt == 0 else self._urls.advance()
             try:
@@ -204,20 +207,31 @@ class GatewayClient:
         return auth
 
     async def join(self, room: str) -> JsonObject:
-        """Join ``room``; returns the ``room_joined`` data. Raises ``GatewayError`` on ``error``."""
-        async with asyncio.timeout(self._timeout_s):
-            await self._wait_connected()
-        frame = await self._join(room, keep_on_error=room in self._tracker)
-        return _reply_data(frame)
+        """Join ``room``; returns the ``room_joined`` data. Raises ``GatewayError`` on ``error``.
+
+        A connection lost before the answer is not an error: the join is tried again once the
+        client has reconnected (joining twice is harmless).
+        """
+
+        async def attempt() -> JsonObject:
+            async with asyncio.timeout(self._timeout_s):
+                await self._wait_connected()
+            return await self._join(room, keep_on_error=room in self._tracker)
+
+        return _reply_data(await self._retry_lost(attempt))
 
     async def leave(self, room: str) -> JsonObject:
-        frame = await self._request("leave_room", {"room": room})
-        data = _reply_data(frame)
+        """Leave ``room``; it is forgotten at once, so a reconnect does not rejoin it."""
         self._tracker.forget(room)
-        return data
+        try:
+            return _reply_data(await self._request("leave_room", {"room": room}))
+        except ConnectionLost:
+            return {"room": room}  # the next connection is not in the room
 
     async def presence(self, room: str) -> JsonObject:
-        return _reply_data(await self._request("presence", {"room": room}))
+        return _reply_data(
+            await self._retry_lost(lambda: self._request("presence", {"room": room}))
+        )
 
     async def ping(self) -> JsonObject:
         return _reply_data(await self._request("ping", {}))
@@ -378,10 +392,20 @@ class GatewayClient:
 
     async def _rejoin(self, room: str) -> None:
         """Join ``room`` again with ``since`` after a gap or a ``rejoin`` frame."""
-        with contextlib.suppress(GatewayError, TimeoutError):
+        conn: _Connection | None = None
+        try:
             async with asyncio.timeout(self._timeout_s):
                 await self._wait_connected()
+            conn = self._conn
             await self._join(room, keep_on_error=True)
+        except RequestTimeout:
+            # The room's events wait in the buffer for this answer: a node that cannot answer
+            # a join is not worth waiting for. Reconnecting rejoins every room with ``since``.
+            if conn is not None and conn is self._conn:
+                log.info("gateway client: no answer to a rejoin of %s; reconnecting", room)
+                await conn.ws.close()
+        except (GatewayError, TimeoutError):
+            pass  # lost or closed: the reconnect (if any) rejoins the room
 
     def _set_connected(self, *, first: bool) -> None:
         self.stats.connects += 1
@@ -397,6 +421,7 @@ class GatewayClient:
 
     async def _stop(self, error: GatewayError) -> None:
         self.connected.clear()
+        self._fail_pending(error)  # before the close, which would fail them as connection_lost
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.ws.close()
@@ -434,6 +459,17 @@ class GatewayClient:
             if not keep_on_error:
                 self._tracker.forget(room)
             raise
+
+    async def _retry_lost(self, call: Callable[[], Awaitable[JsonObject]]) -> JsonObject:
+        """Run an idempotent request again (up to 3 times) when the connection drops under it."""
+        tries = 3
+        while True:
+            try:
+                return await call()
+            except ConnectionLost:
+                tries -= 1
+                if tries == 0 or self.state in (ClientState.CLOSED, ClientState.FAILED):
+                    raise
 
     async def _request(
         self,
@@ -509,6 +545,9 @@ class GatewayClient:
                     log.info("gateway client: connection error: %s", ws.exception())
                     break
         finally:
+            if self._conn is not None and self._conn.ws is ws:
+                # Before the failed requests wake up: a retry must wait for the next connection.
+                self.connected.clear()
             if not ws.closed:
                 await ws.close()
             self._fail_pending(ConnectionLost(ws.close_code))
@@ -564,6 +603,9 @@ class GatewayClient:
                 self._deliver(buffered)
             if pending.keep_on_error:
                 self._emit("join_failed", {"room": room, "code": code})
+                if pending.since is not None and not forget:
+                    self.stats.recovery_failures += 1  # what it missed is not coming
+                    self._emit("recovery_failed", {"room": room})
             return
         outcome = self._tracker.apply_joined(room, data, pending.since)
         if outcome.recovered is True:

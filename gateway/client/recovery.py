@@ -178,7 +178,7 @@ class RoomTracker:
             cursor.floor = None
         deliver: list[JsonObject] = []
         from_missed = 0
-        queue = buffered + missed
+        queue = missed + buffered
         for index, event in enumerate(queue):
             verdict = self._step(cursor, event, strict=bool(recovered))
             if verdict is Verdict.DELIVER:

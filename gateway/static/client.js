@@ -300,6 +300,7 @@ export class RoomTracker {
  * @property {number} [pingIntervalMs=25000] send `ping` this often; no `pong` within
  *   `requestTimeoutMs` closes the connection (browsers cannot see WebSocket pings); 0 = off
  * @property {number|null} [maxReconnectAttempts=null] give up after this many (null: never)
+ * @property {number} [connectAttempts] tries `connect()` makes (default: each URL once)
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (default: the global one)
  * @property {() => number} [random] jitter source (default `Math.random`)
  */
@@ -338,6 +339,7 @@ export class GatewayClient {
     this._timeoutMs = o.requestTimeoutMs ?? 10000;
     this._pingMs = o.pingIntervalMs ?? 25000;
     this._maxAttempts = o.maxReconnectAttempts ?? null;
+    this._connectAttempts = o.connectAttempts || this._urls.urls.length;
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
     this._random = o.random ?? Math.random;
     if (typeof this._WebSocket !== "function") throw new TypeError("no WebSocket class");
@@ -422,14 +424,16 @@ export class GatewayClient {
   }
 
   /**
-   * Connect and authenticate; resolves to the `auth_success` data. Tries each URL once (with
-   * backoff between them). Rejects with `AuthError` on `auth_error`.
+   * Connect and authenticate; resolves to the `auth_success` data. Makes `connectAttempts`
+   * tries (default: each URL once), with backoff between them and the next URL each time.
+   * Rejects with `AuthError` on `auth_error` (at once when the token is refused). After a
+   * failure the client is `failed`: make a new one to try again.
    * @returns {Promise<object>}
    */
   async connect() {
     if (this.state !== "idle") throw new Error(`connect() called in state ${this.state}`);
     this.state = "connecting";
-    const attempts = this._urls.urls.length;
+    const attempts = this._connectAttempts;
     for (let attempt = 0; attempt < attempts; attempt += 1) {
       const url = attempt === 0 ? this._urls.current : this._urls.advance();
       try {
@@ -449,21 +453,34 @@ export class GatewayClient {
     throw new GatewayError("closed", "unreachable"); // not reached
   }
 
-  /** Join `room`; resolves to the `room_joined` data. Rejects with `GatewayError` on `error`. */
+  /**
+   * Join `room`; resolves to the `room_joined` data. Rejects with `GatewayError` on `error`.
+   * A connection lost before the answer is not an error: the join is tried again once the
+   * client has reconnected (joining twice is harmless).
+   */
   async join(room) {
-    await this._waitConnected();
-    return replyData(await this._join(room, this._tracker.has(room)));
+    return replyData(
+      await this._retryLost(async () => {
+        await this._waitConnected();
+        return this._join(room, this._tracker.has(room));
+      }),
+    );
   }
 
+  /** Leave `room`; it is forgotten at once, so a reconnect does not rejoin it. */
   async leave(room) {
-    const data = replyData(await this._request("leave_room", { room }));
     this._tracker.forget(room);
-    return data;
+    try {
+      return replyData(await this._request("leave_room", { room }));
+    } catch (error) {
+      if (error?.code === "connection_lost") return { room }; // the next connection is not in it
+      throw error;
+    }
   }
 
   /** Members of `room`, cluster-wide: `{room, members: [{userId, role, connections}]}`. */
   async presence(room) {
-    return replyData(await this._request("presence", { room }));
+    return replyData(await this._retryLost(() => this._request("presence", { room })));
   }
 
   async ping() {
@@ -645,11 +662,16 @@ export class GatewayClient {
 
   /** Join `room` again with `since` after a gap or a `rejoin` frame. */
   async _rejoin(room) {
+    let ws = null;
     try {
       await this._waitConnected();
+      ws = this._ws;
       await this._join(room, true);
-    } catch {
-      // the next reconnect rejoins it
+    } catch (error) {
+      // The room's events wait in the buffer for this answer: a node that cannot answer a join
+      // is not worth waiting for. Reconnecting rejoins every room with `since`. Otherwise the
+      // connection was lost or closed, and the reconnect (if any) rejoins the room.
+      if (error?.code === "timeout" && ws !== null && ws === this._ws) ws.close(4000);
     }
   }
 
@@ -669,8 +691,8 @@ export class GatewayClient {
   }
 
   _stop(error) {
+    this._failPending(error); // before the close, which would fail them as connection_lost
     this._dropCurrent();
-    this._failPending(error);
     for (const wake of this._readyWaiters) wake();
     this._readyWaiters.clear();
   }
@@ -722,6 +744,18 @@ export class GatewayClient {
       };
       this._readyWaiters.add(wake);
     });
+  }
+
+  /** Run an idempotent request again (up to 3 times) when the connection drops under it. */
+  async _retryLost(call) {
+    for (let tries = 3; ; tries -= 1) {
+      try {
+        return await call();
+      } catch (error) {
+        const stopped = this.state === "closed" || this.state === "failed";
+        if (error?.code !== "connection_lost" || tries === 1 || stopped) throw error;
+      }
+    }
   }
 
   /**
@@ -807,7 +841,13 @@ export class GatewayClient {
       const code = String(data.code ?? event);
       const forget = !pending.keepOnError || PERMANENT_JOIN_ERRORS.has(code);
       for (const buffered of this._tracker.abandonJoin(room, forget)) this._deliver(buffered);
-      if (pending.keepOnError) this._emit("join_failed", { room, code });
+      if (pending.keepOnError) {
+        this._emit("join_failed", { room, code });
+        if (pending.since && !forget) {
+          this.stats.recoveryFailures += 1; // what it missed is not coming
+          this._emit("recovery_failed", { room });
+        }
+      }
       return;
     }
     const outcome = this._tracker.applyJoined(room, data, pending.since);

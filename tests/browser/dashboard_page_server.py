@@ -687,6 +687,17 @@ async def _live_scenario(browser: Any, token: str, check: Check, screenshot: str
         check(rows == 500, f"#event-log is capped at 500 rows (got {rows})")
 
         # hostile text is shown as text, never parsed
+        cluster.publish("service_1", HOSTILE_TEXT, "api", event_id="selftest-hostile")
+        await _wait(
+            page, "!!document.querySelector('#event-log tr[data-event-id=\"selftest-hostile\"]')"
+        )
+        shown_type = await page.text_content(
+            "#event-log tr[data-event-id='selftest-hostile'] td:nth-child(3)"
+        )
+        check(
+            shown_type == HOSTILE_TEXT,
+            f"an HTML-looking event type is shown literally: {shown_type!r}",
+        )
         xss = await page.evaluate("window.__xss")
         check(xss is None, "hostile strings are not executed")
         await page.click("#clients-refresh")

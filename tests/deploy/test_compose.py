@@ -3,6 +3,7 @@ balancer config, Prometheus targets, secrets, Redis persistence and shutdown tim
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any
@@ -98,6 +99,8 @@ def test_nodes_get_time_to_drain(services: dict[str, dict[str, Any]]) -> None:
         drain_s = float(service["environment"]["GATEWAY_DRAIN_SECONDS"])
         assert seconds(service["stop_grace_period"]) > drain_s + 5
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        proxies = service["environment"]["GATEWAY_TRUSTED_PROXIES"].split(",")
+        assert all(ipaddress.ip_network(p).is_private for p in proxies)
 
 
 def test_dependencies_exist_and_nginx_waits_for_healthy_nodes(

@@ -4,6 +4,7 @@ that keep rolling upgrades and shutdowns clean."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,10 @@ def test_the_base_secret_holds_only_placeholders() -> None:
     assert all("CHANGE-ME" in value for value in secret["stringData"].values())
     config = (BASE / "gateway.env").read_text()
     assert not re.search(r"TOKEN|API_KEY|REDIS_URL", config), "secrets belong in the Secret"
+
+
+def test_forwarded_for_is_believed_only_from_the_pod_network(built: list[dict[str, Any]]) -> None:
+    networks = config_value(built, "GATEWAY_TRUSTED_PROXIES").split(",")
+    assert networks
+    for network in networks:
+        assert ipaddress.ip_network(network).is_private, network
