@@ -136,11 +136,15 @@ def _needs_reload(results: list[Any]) -> bool:
 async def run_async(
     client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
 ) -> PublishResult:
-    results = await _execute_async(client, calls)
-    if sharded:
-        pipe = client.pipeline(transaction=False)
-        if _record(pipe, keys, calls, results):
-            await pipe.execute()
+    if not sharded:
+        return _result(event_id, calls, await _execute_async(client, calls))
+    # Cluster: redis-py refuses EVALSHA in a cluster pipeline, so one call per room, each routed
+    # to its slot's master (a call touches only its room's slot: still atomic per room).
+    script = scripts.load(scripts.PUBLISH)
+    results = [await script.run(client, call.keys, call.args) for call in calls]
+    pipe = client.pipeline(transaction=False)
+    if _record(pipe, keys, calls, results):
+        await pipe.execute()
     return _result(event_id, calls, results)
 
 
@@ -160,16 +164,18 @@ async def _execute_async(client: Any, calls: list[PublishCall]) -> list[Any]:
 def run_sync(
     client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
 ) -> PublishResult:
+    script = scripts.load(scripts.PUBLISH)
+    if sharded:  # as in run_async: no EVALSHA in a cluster pipeline
+        done = [script.run_sync(client, call.keys, call.args) for call in calls]
+        pipe = client.pipeline(transaction=False)
+        if _record(pipe, keys, calls, done):
+            pipe.execute()
+        return _result(event_id, calls, done)
     pipe = client.pipeline(transaction=False)
     _queue(pipe, calls)
     results: list[Any] = pipe.execute(raise_on_error=False)
     if _needs_reload(results):
-        script = scripts.load(scripts.PUBLISH)
         for i, r in enumerate(results):
             if isinstance(r, NoScriptError):
                 results[i] = script.run_sync(client, calls[i].keys, calls[i].args)
-    if sharded:
-        pipe = client.pipeline(transaction=False)
-        if _record(pipe, keys, calls, results):
-            pipe.execute()
     return _result(event_id, calls, results)

@@ -21,9 +21,10 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from gateway.closecodes import CloseCode
 from gateway.socketio.codec import (
@@ -40,6 +41,7 @@ from gateway.socketio.codec import (
     Handshake,
     PacketError,
     check_handshake,
+    decode_frame,
     encode_connect,
     encode_connect_error,
     encode_disconnect,
@@ -55,6 +57,7 @@ log = logging.getLogger("gateway.socketio")
 CLOSE_TIMEOUT_S = 5.0
 ABNORMAL_CLOSURE = 1006  # reported, never sent: the connection was lost or abandoned
 PROTOCOL_ERROR = 1002
+INBOX_PACKETS = 32  # Socket.IO packets read ahead of the core before reading pauses
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +80,9 @@ class SocketIOOptions:
 class SessionPort(Protocol):
     """The gateway core as one Socket.IO connection sees it.
 
-    Calls come from the connection's read loop, one at a time and in the client's order; a call
-    should return promptly (long work, such as a call to Django, belongs in the core's own tasks
-    if it must not delay the next packet). Replies go through ``SioTransport``.
+    Calls come one at a time, in the client's order, from the connection's worker task; a call
+    may wait (on Django, say) while the read loop goes on answering the heartbeat, up to
+    ``INBOX_PACKETS`` packets ahead. Replies go through ``SioTransport``.
     """
 
     @property
@@ -103,9 +106,9 @@ class SessionPort(Protocol):
         ...
 
     async def closed(self, code: int) -> None:
-        """The connection has ended, whoever ended it; called exactly once. ``code`` is the
-        WebSocket close code (1006 when the connection was lost or the client stopped
-        answering pings)."""
+        """The connection has ended, whoever ended it; called exactly once, after the call in
+        progress (if any) has returned. ``code`` is the WebSocket close code (1006 when the
+        connection was lost or the client stopped answering pings)."""
         ...
 
 
@@ -180,9 +183,13 @@ class SioTransport:
         self._closing = True
         self.close_code = code
         self.close_reason = reason
-        if code in CloseCode.__members__.values() and not CloseCode(code).retry:
+        if not _may_retry(code):
             self.send_packet(encode_disconnect())
         asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     # --- the transport's own packets ----------------------------------------------------------
     def send_packet(self, packet: bytes) -> None:
@@ -196,6 +203,13 @@ class SioTransport:
         self._closing = True
         self._transport.abort()
 
+    def closed_by_error(self, code: int, reason: str) -> None:
+        """aiohttp has closed the socket itself (a message over ``max_payload``: 1009)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self._closing = True
+
     async def _close(self, code: int, reason: str) -> None:
         try:
             await asyncio.wait_for(
@@ -207,8 +221,24 @@ class SioTransport:
             self._transport.abort()  # a client that never reads must not pin the socket
 
 
+def _may_retry(code: int) -> bool:
+    try:
+        return CloseCode(code).retry
+    except ValueError:
+        return True
+
+
+Job = Callable[[], Awaitable[None]]
+
+
 class _Connection:
-    """One Engine.IO connection: the read loop and the heartbeat."""
+    """One Engine.IO connection: a read loop, a heartbeat, and a worker for the port's calls.
+
+    The read loop never waits for the gateway core: Engine.IO packets (pongs above all) are
+    handled at once, while Socket.IO packets queue for the worker, which calls the port one at a
+    time in the client's order. So a client whose event waits on a slow Django still answers
+    pings in time. A full queue stops the reading (backpressure on the client's socket).
+    """
 
     def __init__(
         self,
@@ -224,6 +254,7 @@ class _Connection:
         self.connected = False  # the default namespace is connected
         self._pong = asyncio.Event()
         self._binary_to_skip = 0
+        self._inbox: asyncio.Queue[Job | None] = asyncio.Queue(INBOX_PACKETS)
 
     async def run(self) -> None:
         self.transport.send_packet(
@@ -235,27 +266,48 @@ class _Connection:
             ).encode()
         )
         heartbeat = asyncio.create_task(self._heartbeat())
+        worker = asyncio.create_task(self._work())
         try:
             await self._read_loop()
         finally:
             heartbeat.cancel()
+            # Drop what the core has not started; let the call in progress finish (a business
+            # event Django has accepted must still be delivered to its rooms).
+            while not self._inbox.empty():
+                self._inbox.get_nowait()
+            self._inbox.put_nowait(None)
+            await worker
+
+    async def _work(self) -> None:
+        while (job := await self._inbox.get()) is not None:
+            try:
+                await job()
+            except Exception:
+                log.exception("socket.io connection %s: packet handling failed", self.transport.sid)
+                self.transport.close(1011, "internal error")
 
     async def _read_loop(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.connect_timeout_s
-        while not self.transport._closing:
-            # aiohttp treats a timeout of 0 as "none": keep it positive
-            timeout = None if self.connected else max(deadline - loop.time(), 0.001)
+        while True:
+            timeout = None
+            if not self.connected and not self.transport.closing:
+                # aiohttp treats a timeout of 0 as "none": keep it positive
+                timeout = max(deadline - loop.time(), 0.001)
             try:
                 msg = await self.ws.receive(timeout=timeout)
             except TimeoutError:
                 self.transport.close(CloseCode.AUTH_TIMEOUT, "no Socket.IO CONNECT in time")
-                return
+                continue
+            if self.transport.closing and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue  # closing: read on until the close handshake, but act on nothing
             if msg.type is WSMsgType.TEXT:
                 await self._on_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 await self._on_binary()
-            else:  # CLOSE, CLOSING, CLOSED, ERROR (aiohttp has answered a 1009 itself)
+            else:  # CLOSE, CLOSING, CLOSED or ERROR
+                if isinstance(msg.data, WebSocketError):  # e.g. 1009, which aiohttp has sent
+                    self.transport.closed_by_error(int(msg.data.code), str(msg.data))
                 return
 
     async def _heartbeat(self) -> None:
@@ -276,7 +328,7 @@ class _Connection:
     # --- packets --------------------------------------------------------------------------------
     async def _on_text(self, text: str) -> None:
         try:
-            packet = decode_frame_text(text)
+            packet = decode_frame(text)
         except BinaryNotSupported as exc:
             self._binary_to_skip += exc.attachments
             await self._invalid(exc)
@@ -323,23 +375,20 @@ class _Connection:
         if auth is not None and "token" in auth:
             # the `auth` option: authenticate as if the client had sent `authenticate`; the
             # answer (auth_success / auth_error) is the first event after the CONNECT
-            await self.port.handle_event("authenticate", auth, None)
+            await self._queue(partial(self.port.handle_event, "authenticate", auth, None))
 
     async def _on_event(self, packet: Event) -> None:
         if not self.connected:
             await self._invalid(PacketError("send CONNECT (40) before any event"))
         elif packet.nsp != DEFAULT_NAMESPACE:
-            await self.port.handle_invalid(
-                f"namespace '{packet.nsp}' is not connected", packet.ack_id
-            )
+            message = f"namespace '{packet.nsp}' is not connected"
+            await self._queue(partial(self.port.handle_invalid, message, packet.ack_id))
         elif len(packet.args) > 1:
-            await self.port.handle_invalid(
-                f"an event takes one data argument (an object), got {len(packet.args)}",
-                packet.ack_id,
-            )
+            message = f"an event takes one data argument (an object), got {len(packet.args)}"
+            await self._queue(partial(self.port.handle_invalid, message, packet.ack_id))
         else:
             data = packet.args[0] if packet.args else {}
-            await self.port.handle_event(packet.name, data, packet.ack_id)
+            await self._queue(partial(self.port.handle_event, packet.name, data, packet.ack_id))
 
     async def _on_binary(self) -> None:
         if self._binary_to_skip:
@@ -349,18 +398,15 @@ class _Connection:
 
     async def _invalid(self, exc: PacketError) -> None:
         if self.connected:
-            await self.port.handle_invalid(exc.message, exc.ack_id)
+            await self._queue(partial(self.port.handle_invalid, exc.message, exc.ack_id))
             return
         # Before CONNECT only a client that is not socket.io-client sends this: say why, then
         # close (socket.io-client would show the message as a connect_error).
         self.transport.send_packet(encode_connect_error(exc.message))
         self.transport.close(PROTOCOL_ERROR, "protocol error")
 
-
-def decode_frame_text(text: str) -> Any:
-    from gateway.socketio.codec import decode_frame
-
-    return decode_frame(text)
+    async def _queue(self, job: Job) -> None:
+        await self._inbox.put(job)
 
 
 def socketio_handler(
@@ -401,7 +447,7 @@ def socketio_handler(
             await _Connection(ws, transport, port, options).run()
         finally:
             code = transport.close_code or ws.close_code or ABNORMAL_CLOSURE
-            await port.closed(code)
+            await port.closed(int(code))
             if not ws.closed:
                 await ws.close()
         return ws
