@@ -241,7 +241,7 @@ class Node:
     async def handle(self, session: Session, raw: str | bytes) -> None:
         self.frames_in += 1
         if not session.bucket.take():
-            self._rate_limited(session)
+            self.rate_limited(session)
             return
         frame_id: FrameId | None = None
         try:
@@ -284,7 +284,8 @@ class Node:
         self.metrics.errors.labels(str(exc.code)).inc()
         self.reply(session, "error", exc.as_data(), frame_id)
 
-    def _rate_limited(self, session: Session) -> None:
+    def rate_limited(self, session: Session) -> None:
+        """Count a frame over the rate limit: a strike, `rate_limited`, 4429 if it goes on."""
         session.strikes += 1
         self.metrics.rate_limited.inc()
         if session.strikes >= self.settings.rate_limit_strikes:

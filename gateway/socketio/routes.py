@@ -45,7 +45,7 @@ class NodePort:
     async def handle_invalid(self, message: str, ack_id: int | None) -> None:
         if not self.session.bucket.take():
             # like a /ws frame over the limit: a strike, `rate_limited`, 4429 if it goes on
-            self.node._rate_limited(self.session)
+            self.node.rate_limited(self.session)
             return
         self.node.reply_error(self.session, ProtocolError(ErrorCode.BAD_REQUEST, message), ack_id)
 
