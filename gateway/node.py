@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from gateway.backend.base import (
     Backend,
@@ -105,6 +106,7 @@ class Node:
         await self.django.start()
         await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
         await self._heartbeat_once()
+        self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
@@ -197,9 +199,16 @@ class Node:
             session.close(CloseCode.AUTH_TIMEOUT, "authentication timeout")
 
     async def close_session(self, session: Session, code: int | None) -> None:
-        """The transport is gone: forget the session here and in the backend."""
+        """The transport is gone: forget the session here and in the backend. Shielded: aiohttp
+        cancels a handler whose socket the server closed, and a half-done removal would leave
+        ghost connections in Redis."""
+        await asyncio.shield(self._close_session(session, code))
+
+    async def _close_session(self, session: Session, code: int | None) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
+        # the code we closed with, not the one the peer answered (aiohttp's client says 1000)
+        code = session.close_code or code
         timer = self._auth_timers.pop(session, None)
         if timer is not None:
             timer.cancel()
@@ -235,7 +244,13 @@ class Node:
 
     async def authenticate_with(self, session: Session, token: str) -> None:
         """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
-        await self._authenticate(session, AuthenticatePayload(token=token), None)
+        try:
+            payload = AuthenticatePayload(token=token)
+        except ValidationError:  # empty or longer than any token: no such token
+            failure = AuthFailure(AuthErrorCode.INVALID_TOKEN, "invalid token")
+            self._auth_failed(session, failure, None)
+            return
+        await self._authenticate(session, payload, None)
 
     # --- frames -------------------------------------------------------------------------------
     async def handle(self, session: Session, raw: str | bytes) -> None:
@@ -401,8 +416,11 @@ class Node:
             if not member:
                 await self.backend.join(session.info, [room], sorted(session.rooms))
         except BACKEND_ERRORS as exc:
-            self._drop_pending(session, room)
-            if not member and room in session.rooms:
+            buffered = self._drop_pending(session, room)
+            if member:  # still a member: what arrived meanwhile is still owed to the client
+                for pub in buffered:
+                    session.enqueue(session.transport.encode_publication(pub))
+            elif room in session.rooms:
                 session.rooms.discard(room)
                 if self.hub.remove(session, room):
                     self.backend.unsubscribe(room)
@@ -477,7 +495,13 @@ class Node:
     ) -> None:
         assert session.identity is not None and session.token is not None
         model = validate_payload(BUSINESS_EVENTS[event], data)
-        payload = model.model_dump(mode="json", exclude_none=True)
+        try:  # extra fields go to Django: they must encode (pydantic and orjson stop at ~255)
+            payload = model.model_dump(mode="json", exclude_none=True)
+            orjson.dumps(payload)
+        except (TypeError, ValueError):
+            raise ProtocolError(
+                ErrorCode.VALIDATION_ERROR, "payload is nested too deeply", "data"
+            ) from None
         check_sender(session.identity, event, payload)
         event_id = new_event_id()
         outcome = await self.django.send_event(session.token, event_id, event, payload)
@@ -595,6 +619,7 @@ class Node:
                 if self.backend_ok:
                     log.warning("heartbeat failed: %s", exc)
                 self.backend_ok = False
+                self.metrics.ready.set(0)
 
     async def _janitor_loop(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """The atomic publish on Redis, shared by nodes, the worker and Django's ``Publisher``.
 
-One pipeline carries one script call per room (one round trip for any number of rooms). Each call
-is atomic for its room. Imports no aiohttp; works with sync and asyncio redis clients alike.
+On a single Redis one pipeline carries one script call per room (one round trip for any number of
+rooms); in Cluster mode each room's call goes to its own master. Each call is atomic for its room.
+Imports no aiohttp; works with sync and asyncio redis clients alike.
 """
 
 from __future__ import annotations
