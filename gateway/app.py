@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import api, dashboard
 from gateway.backend.base import Backend
 from gateway.backend.factory import make_backend
+from gateway.closecodes import CloseCode
 from gateway.config import Settings
 from gateway.djangoapi import DjangoClient
 from gateway.metrics import Metrics
@@ -97,6 +98,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     _add_socketio(app, node)
     app.middlewares.append(cors_middleware(settings.cors_origins))
     app.cleanup_ctx.append(_lifecycle(node))
+
+    async def close_sockets(app: web.Application) -> None:
+        # aiohttp waits for open WebSocket handlers before cleanup: close them first (1001)
+        node.close_all(CloseCode.GOING_AWAY, "server shutting down")
+
+    app.on_shutdown.append(close_sockets)
     return app
 
 

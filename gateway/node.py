@@ -121,12 +121,15 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for session in list(self.sessions.values()):
-            session.close(CloseCode.GOING_AWAY, "server shutting down")
+        self.close_all(CloseCode.GOING_AWAY, "server shutting down")
         with contextlib.suppress(*BACKEND_ERRORS):
             await self.backend.deregister()
         await self.backend.close()
         await self.django.close()
+
+    def close_all(self, code: int, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            session.close(code, reason)
 
     async def drain(self, seconds: float) -> None:
         """Close every client with 1012, spread over ``seconds`` so they do not all reconnect

@@ -2,7 +2,7 @@
 
     from gateway.publish import Publisher
     publisher = Publisher.from_url("redis://localhost:6379/0")
-    offset = publisher.publish("proveedor_7", "reservation_accepted", {"id": 12, "estado": "aceptada"})
+    offset = publisher.publish("proveedor_7", "reservation_accepted", {"id": 12})
 
 One call writes the room's history and fans out atomically (the same Lua script the nodes use) and
 returns the event's offset in the room. History size and TTL are read from the same

@@ -460,7 +460,9 @@ class Scenario:
         o = self.options
         for self._round in range(1, o.rounds + 1):
             self._round_done.clear()
-            self._outstanding = 0
+            # Counted before anything is sent: a chain that finishes while another cliente's
+            # reservation is still waiting for its ack must not end the round early.
+            self._outstanding = len(self.clientes)
             await asyncio.gather(*(self._reserve(i, c) for i, c in enumerate(self.clientes)))
             if self._outstanding:
                 try:
@@ -482,8 +484,8 @@ class Scenario:
             "servicioId": str(servicio),
             "fecha": day.isoformat(),
         }
-        if await self._send(cliente, "reservation_created", payload):
-            self._outstanding += 1
+        if not await self._send(cliente, "reservation_created", payload):
+            self._chain_finished()
 
     async def _send(self, actor: Actor, event_type: str, payload: JsonObject) -> bool:
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@
  * business events. When the connection drops (not after `close()`) it reconnects with
  * exponential backoff and full jitter to the next URL, authenticates again, rejoins every room
  * with `since`, and hands each missed event to the handlers once, in order. Close 4401 or 4403
- * ends it for good. It mirrors `gateway/client.py`; see docs/clients.md.
+ * ends it for good. It mirrors the Python client (`gateway/client/`); see docs/clients.md.
  *
  * @module gateway-client
  */
