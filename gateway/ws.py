@@ -130,7 +130,7 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
         return refused
     settings = node.settings
     ws = web.WebSocketResponse(
-        max_msg_size=settings.max_message_bytes,
+        max_msg_size=settings.max_message_bytes + 1,  # aiohttp refuses len == max_msg_size
         compress=False,
         heartbeat=settings.ws_heartbeat_s,
         autoping=True,

@@ -420,7 +420,9 @@ def socketio_handler(
 
     async def handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
-            max_msg_size=options.max_payload,
+            # aiohttp refuses a message of exactly max_msg_size bytes; maxPayload is the
+            # largest packet accepted, as in Engine.IO
+            max_msg_size=options.max_payload + 1,
             compress=False,  # one frame per event, written to every member
             autoping=True,
             timeout=CLOSE_TIMEOUT_S,
