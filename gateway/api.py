@@ -6,7 +6,6 @@ Protected by ``GATEWAY_PUBLISH_API_KEY`` (Bearer); without a key configured both
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import orjson
@@ -14,16 +13,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from gateway.backend.base import ControlMessage
-from gateway.events import dumps_payload
+from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload
 from gateway.httpauth import bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
 from gateway.rooms import is_valid_room
 
 log = logging.getLogger("gateway.api")
-
-TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-_TYPE_RE = re.compile(TYPE_PATTERN)
-MAX_ROOMS_PER_PUBLISH = 100
 
 
 class PublishRequest(BaseModel):

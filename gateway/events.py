@@ -11,6 +11,8 @@ import uuid
 import orjson
 
 SOURCES = frozenset({"client", "publisher", "api", "ingest"})
+TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"  # event types published by servers
+MAX_ROOMS_PER_PUBLISH = 100
 
 
 def new_event_id() -> str:

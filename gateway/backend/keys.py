@@ -125,3 +125,9 @@ class Keys:
     @property
     def auth_cache_prefix(self) -> str:
         return f"{self.prefix}:auth:"
+
+    # --- worker (appended) ------------------------------------------------------------------
+    @property
+    def events_series_by_type(self) -> str:
+        """hash type -> events of that type over the last 60 minutes, rolled up by the worker."""
+        return f"{self.prefix}:{{g}}:epm:series:types"

@@ -213,7 +213,8 @@ class RedisBackend:
         """Publish to our own channel; if it does not come back, restart that connection."""
         own = self.keys.node_channel(self._node_id)
         publish = "SPUBLISH" if self.cluster else "PUBLISH"
-        while True:
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():  # redis-py can swallow a cancel()
             await asyncio.sleep(self._probe_s)
             link = self._link_for(own)
             if not link.connected:

@@ -94,7 +94,7 @@ def _queue(pipe: Any, calls: list[PublishCall]) -> None:
         pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
 
 
-def _record(pipe: Any, keys: Keys, calls: list[PublishCall], results: list[Any]) -> bool:
+def record_summaries(pipe: Any, keys: Keys, calls: list[PublishCall], results: list[Any]) -> bool:
     """Cluster mode: dashboard bookkeeping in a second pipeline (another slot)."""
     queued = False
     for call, result in zip(calls, results, strict=True):
@@ -144,7 +144,7 @@ async def run_async(
     script = scripts.load(scripts.PUBLISH)
     results = [await script.run(client, call.keys, call.args) for call in calls]
     pipe = client.pipeline(transaction=False)
-    if _record(pipe, keys, calls, results):
+    if record_summaries(pipe, keys, calls, results):
         await pipe.execute()
     return _result(event_id, calls, results)
 
@@ -169,7 +169,7 @@ def run_sync(
     if sharded:  # as in run_async: no EVALSHA in a cluster pipeline
         done = [script.run_sync(client, call.keys, call.args) for call in calls]
         pipe = client.pipeline(transaction=False)
-        if _record(pipe, keys, calls, done):
+        if record_summaries(pipe, keys, calls, done):
             pipe.execute()
         return _result(event_id, calls, done)
     pipe = client.pipeline(transaction=False)
