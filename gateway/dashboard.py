@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -107,6 +108,17 @@ async def api_status(node: Node) -> dict[str, Any]:
     return {"django": node.django.probe.as_dict(), "nodes": per_node}
 
 
+def feed_origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    """The feed rides on the browser's Basic login, which a foreign page's WebSocket would carry
+    too (cross-site WebSocket hijacking): only the dashboard's own host or an allowed origin may
+    open it. No Origin header: not a browser."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
+        return True
+    host = urlsplit(origin).hostname
+    return host is not None and host == (request.url.host or "").lower()
+
+
 def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) -> None:
     def guarded(handler: Handler, *, post: bool = False) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -180,6 +192,8 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         return _json({"removed": removed})
 
     async def feed(request: web.Request) -> web.StreamResponse:
+        if not feed_origin_allowed(request, node.settings.allowed_origins):
+            return _json({"error": "origin not allowed"}, status=403)
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)
         pusher = asyncio.create_task(_push_feed(ws, node))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from gateway.rooms import ROLES, Identity
 log = logging.getLogger("gateway.django")
 
 AUTH_CACHE_MAX = 100_000
+# A control character cannot be in a header (CR/LF would be header injection): no such token.
+_NOT_A_TOKEN = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class AuthFailure(Exception):
@@ -145,6 +148,8 @@ class DjangoClient:
     async def verify(self, token: str) -> Identity:
         """Django's identity for a token; raises ``AuthFailure``. Concurrent verifications of
         one token share a single request, and verified tokens are cached for ``auth_cache_s``."""
+        if not token or _NOT_A_TOKEN.search(token):
+            raise AuthFailure(AuthErrorCode.INVALID_TOKEN, "invalid token")
         key = _token_key(token)
         cached = self._cache.get(key)
         now = time.monotonic()

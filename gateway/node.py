@@ -500,7 +500,7 @@ class Node:
         model = validate_payload(BUSINESS_EVENTS[event], data)
         try:  # extra fields go to Django: they must encode (pydantic and orjson stop at ~255)
             payload = model.model_dump(mode="json", exclude_none=True)
-            orjson.dumps(payload)
+            orjson.dumps({"payload": payload})  # nested as send_event nests it
         except (TypeError, ValueError):
             raise ProtocolError(
                 ErrorCode.VALIDATION_ERROR, "payload is nested too deeply", "data"
@@ -611,7 +611,9 @@ class Node:
             await self.backend.join(session.info, rooms, rooms)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        task = asyncio.current_task()
+        # redis-py can swallow a cancel() inside a command: stop() would then wait forever
+        while task is None or not task.cancelling():
             await asyncio.sleep(self.settings.node_heartbeat_s)
             try:
                 await self._heartbeat_once()

@@ -70,6 +70,7 @@ class Session:
         "_outbox",
         "_retry_handle",
         "bucket",
+        "close_code",
         "closed",
         "connected_at",
         "id",
@@ -110,6 +111,7 @@ class Session:
         self.pending: dict[str, list[Publication]] | None = None
         self.connected_at = time.time()
         self.closed = False
+        self.close_code: int | None = None  # the code this side closed with, if it did
         self._out: deque[bytes] | None = None
         self._out_bytes = 0
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -178,6 +180,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self.close_code = code
         if self._out:
             self._out.clear()
         self._out_bytes = 0

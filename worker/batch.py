@@ -64,7 +64,7 @@ async def publish_batch(
     flat = [call for _, calls in plans for call in calls]
     if sharded:
         results = await _execute_cluster(client, flat)
-        await record_summaries(client, keys, flat, results)
+        await _record_dashboard(client, keys, flat, results)
     else:
         results = await _execute(client, flat)
     for result in results:
@@ -128,7 +128,7 @@ async def _execute_cluster(client: Any, calls: list[PublishCall]) -> list[Any]:
     return results
 
 
-async def record_summaries(
+async def _record_dashboard(
     client: Any, keys: Keys, calls: list[PublishCall], results: list[Any]
 ) -> None:
     """Cluster mode: the dashboard bookkeeping lives in another slot than the rooms, so it is

@@ -268,7 +268,7 @@ function onStats(stats) {
   setText("events-per-minute", fmtInt(stats.eventsPerMinute));
   setText(
     "events-per-minute-sub",
-    `last full minute · ${fmtInt(series.at(-1))} so far this minute`,
+    `over the last 60 s · ${fmtInt(series.at(-1))} so far this minute`,
   );
   setText("avg-connection", fmtDuration(stats.avgConnectionSeconds));
   renderNodes(nodes);
