@@ -270,7 +270,7 @@ class Node:
             ).inc()
             await self.dispatch(session, frame)
         except ProtocolError as exc:
-            self.reply_error(session, exc, frame_id)
+            self.reply_error(session, exc, frame_id if frame_id is not None else exc.frame_id)
 
     async def dispatch(self, session: Session, frame: Frame) -> None:
         event = frame.event

@@ -36,11 +36,18 @@ M = TypeVar("M", bound=BaseModel)
 class ProtocolError(Exception):
     """A client frame the gateway answers with ``error``; the connection stays open."""
 
-    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        field: str | None = None,
+        frame_id: FrameId | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.frame_id = frame_id  # known when the frame's shape was bad but its id was not
 
     def as_data(self) -> dict[str, str]:
         data = {"code": str(self.code), "message": self.message}
@@ -64,19 +71,22 @@ def decode_frame(raw: str | bytes) -> Frame:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "frame must be a JSON object")
-    event = obj.get("event")
-    if not isinstance(event, str) or not event:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "frame needs a string 'event'", "event")
-    data = obj.get("data", {})
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'data' must be an object", "data")
     frame_id = obj.get("id")
     if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, int | str)):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be an integer or a string", "id")
     if isinstance(frame_id, str) and len(frame_id) > 128:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' is longer than 128 characters", "id")
+    # from here on the id is usable: the error reply echoes it, like any direct reply
+    event = obj.get("event")
+    if not isinstance(event, str) or not event:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "frame needs a string 'event'", "event", frame_id
+        )
+    data = obj.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'data' must be an object", "data", frame_id)
     return Frame(event=event, data=data, id=frame_id)
 
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 # Below this many bytes in the transport's own buffer we hand it more; above it we hold frames
 # in our queue so that, on overflow, we can drop them and still send the close frame promptly.
-TRANSPORT_HIGH_WATER = 64 * 1024
+TRANSPORT_HIGH_WATER = 256 * 1024
+RETRY_FLUSH_S = 0.005  # a backpressured socket is retried this often (only while it is)
 
 
 class Transport(Protocol):
@@ -166,7 +167,7 @@ class Session:
     def _retry_later(self) -> None:
         if self._retry_handle is None:
             loop = asyncio.get_running_loop()
-            self._retry_handle = loop.call_later(0.02, self._retry)
+            self._retry_handle = loop.call_later(RETRY_FLUSH_S, self._retry)
 
     def _retry(self) -> None:
         self._retry_handle = None

@@ -194,9 +194,15 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def node(backend_kind: str, make_node: Any, request: pytest.FixtureRequest) -> Any:
-    """One running node on the backend of ``backend_kind`` (a fresh redis-server for Redis)."""
-    redis_url = None
+def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the embedded backend, a fresh redis-server's URL for Redis. Set up before
+    ``make_node`` so that Redis outlives the nodes at teardown."""
     if backend_kind == "redis":
-        redis_url = request.getfixturevalue("redis_server").url
-    return await make_node(redis_url)
+        return str(request.getfixturevalue("redis_server").url)
+    return None
+
+
+@pytest.fixture
+async def node(backend_url: str | None, make_node: Any) -> Any:
+    """One running node on the backend of ``backend_kind`` (a fresh redis-server for Redis)."""
+    return await make_node(backend_url)

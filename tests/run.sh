@@ -26,6 +26,7 @@ install_system_packages() {
     have redis-server || missing+=(redis-server)
     have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
     have chromium || have chromium-browser || missing+=(chromium)
+    have promtool || missing+=(prometheus)  # promtool checks /metrics output
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     if [ -f tests/js/package.json ] && ! have npm; then missing+=(nodejs npm); fi
     [ "${#missing[@]}" -eq 0 ] && return 0
@@ -74,17 +75,20 @@ sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(marker) else 1)';
 }
 
 install_node_packages() {
-    [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules ] || return 0
-    if ! have npm; then
-        log "npm is not available: the node tests will fail"
-        return 0
-    fi
-    log "npm packages for tests/js"
-    if [ -f tests/js/package-lock.json ]; then
-        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-    else
-        (cd tests/js && npm install --no-audit --no-fund --loglevel=error)
-    fi
+    local dir
+    for dir in tests/js bench; do
+        [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ] || continue
+        if ! have npm; then
+            log "npm is not available: the node tests will fail"
+            return 0
+        fi
+        log "npm packages for $dir"
+        if [ -f "$dir/package-lock.json" ]; then
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+        else
+            (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+        fi
+    done
 }
 
 install_system_packages

@@ -134,7 +134,9 @@ class RedisState:
         the janitor removed the node after a partition): the node must register again."""
         pipe = self.client.pipeline(transaction=False)
         lease = self.keys.node_lease(stats.node)
-        pipe.set(lease, orjson.dumps(stats.as_dict()), px=self.node_lease_ms, get=True)
+        # the snapshot carries its own time: nodes() must not pair it with another beat's score
+        snapshot = orjson.dumps({**stats.as_dict(), "lastSeenMs": now_ms})
+        pipe.set(lease, snapshot, px=self.node_lease_ms, get=True)
         pipe.zadd(self.keys.nodes, {stats.node: now_ms})
         previous, _ = await pipe.execute()
         return previous is not None
@@ -152,7 +154,7 @@ class RedisState:
             if snap is None:
                 out.append({"node": _s(name), "alive": False, "lastSeenMs": int(seen)})
             else:
-                out.append({**orjson.loads(snap), "alive": True, "lastSeenMs": int(seen)})
+                out.append({"lastSeenMs": int(seen), **orjson.loads(snap), "alive": True})
         return out
 
     # --- dashboard lists ----------------------------------------------------------------------
