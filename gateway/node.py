@@ -356,10 +356,9 @@ class Node:
         self.metrics.connections.labels("anonymous", kind).dec()
         self.metrics.connections.labels(identity.role, kind).inc()
         try:
-            await self.backend.add_connection(session.info)
             for room in rooms:
                 await self._enter(session, room)
-            await self.backend.join(session.info, rooms, sorted(session.rooms))
+            await self.backend.add_connection(session.info, rooms)
         except BACKEND_ERRORS as exc:
             self.metrics.redis_errors.labels("authenticate").inc()
             log.warning("authentication of %s failed: backend error %s", session.id, exc)
@@ -413,11 +412,13 @@ class Node:
         session.pending[room] = []
         since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
         try:
-            if not member:
-                await self._enter(session, room)
-            recovery = await self._history(room, since)
-            if not member:
-                await self.backend.join(session.info, [room], sorted(session.rooms))
+            if member:
+                recovery = await self._history(room, since)
+            else:
+                await self._enter(session, room)  # subscribed before history is read
+                recovery = await self.backend.join_and_recover(
+                    session.info, room, since, sorted(session.rooms)
+                )
         except BACKEND_ERRORS as exc:
             buffered = self._drop_pending(session, room)
             if member:  # still a member: what arrived meanwhile is still owed to the client
@@ -606,9 +607,7 @@ class Node:
         log.warning("registration lost in the backend: registering %d connections", len(sessions))
         for session in sessions:
             assert session.info is not None
-            rooms = sorted(session.rooms)
-            await self.backend.add_connection(session.info)
-            await self.backend.join(session.info, rooms, rooms)
+            await self.backend.add_connection(session.info, sorted(session.rooms))
 
     async def _heartbeat_loop(self) -> None:
         task = asyncio.current_task()

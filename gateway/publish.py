@@ -68,9 +68,7 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
 
 
 class _Base:
-    def __init__(
-        self, client: Any, *, prefix: str, history: HistoryPolicy, cluster: bool
-    ) -> None:
+    def __init__(self, client: Any, *, prefix: str, history: HistoryPolicy, cluster: bool) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.history = history

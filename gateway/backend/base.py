@@ -173,7 +173,17 @@ class Backend(Protocol):
         """Send a control message to every node (this one included)."""
 
     # --- membership and presence --------------------------------------------------------------
-    async def add_connection(self, conn: ConnectionInfo) -> None: ...
+    async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
+        """Register a connection, joined to ``rooms`` (its automatic rooms)."""
+
+    async def join_and_recover(
+        self,
+        conn: ConnectionInfo,
+        room: str,
+        since: Position | None,
+        all_rooms: Sequence[str],
+    ) -> Recovery:
+        """``join`` plus ``history_since`` in one round trip (the node has subscribed first)."""
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None: ...
 

@@ -175,8 +175,19 @@ class MemoryBackend:
             self._on_control(message)
 
     # --- membership and presence --------------------------------------------------------------
-    async def add_connection(self, conn: ConnectionInfo) -> None:
+    async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
         self._connections[conn.connection_id] = conn
+        await self.join(conn, rooms)
+
+    async def join_and_recover(
+        self,
+        conn: ConnectionInfo,
+        room: str,
+        since: Position | None,
+        all_rooms: Sequence[str],
+    ) -> Recovery:
+        await self.join(conn, [room], all_rooms)
+        return await self.history_since(room, since)
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         await self.leave(conn, rooms, ())

@@ -84,7 +84,7 @@ class RedisBackend:
         self.cluster = cluster
         self.history = history or HistoryPolicy()
         self.client = client or make_client(url, cluster=cluster)
-        self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s)
+        self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s, cluster=cluster)
         self._endpoint = Endpoint.from_url(plain_url(url))
         self._probe_s = probe_s
         self._unsub_delay_s = unsubscribe_delay_s
@@ -253,9 +253,11 @@ class RedisBackend:
         )
         return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
 
-    async def history_since(self, room: str, since: Position | None) -> Recovery:
-        result = await scripts.load(scripts.HISTORY).run(
-            self.client,
+    def _history_call(
+        self, room: str, since: Position | None
+    ) -> tuple[scripts.LuaScript, list[str], list[Any]]:
+        return (
+            scripts.load(scripts.HISTORY),
             [self.keys.room_meta(room), self.keys.room_history(room)],
             [
                 secrets.token_hex(4),
@@ -264,18 +266,35 @@ class RedisBackend:
                 since.epoch if since else "",
             ],
         )
+
+    @staticmethod
+    def _recovery(room: str, result: Any) -> Recovery:
         offset, epoch, recovered, flat = int(result[0]), result[1], int(result[2]), result[3]
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         position = Position(offset=offset, epoch=epoch)
         if not recovered:
             return Recovery(position=position, recovered=False)
         pubs = [
-            Publication(
-                room=room, offset=int(flat[i].split(b"-")[1]), epoch=epoch, body=flat[i + 1]
-            )
+            Publication(room, int(flat[i].split(b"-")[1]), epoch, flat[i + 1])
             for i in range(0, len(flat), 2)
         ]
         return Recovery(position=position, recovered=True, publications=pubs)
+
+    async def history_since(self, room: str, since: Position | None) -> Recovery:
+        script, keys, args = self._history_call(room, since)
+        return self._recovery(room, await script.run(self.client, keys, args))
+
+    async def join_and_recover(
+        self,
+        conn: ConnectionInfo,
+        room: str,
+        since: Position | None,
+        all_rooms: Sequence[str],
+    ) -> Recovery:
+        result = await self.state.join_with(
+            conn, [room], all_rooms, self._history_call(room, since)
+        )
+        return self._recovery(room, result)
 
     async def control(self, message: ControlMessage) -> None:
         data = orjson.dumps({"action": message.action, "args": message.args})
@@ -283,8 +302,8 @@ class RedisBackend:
         await self.client.execute_command(publish, self.keys.control_channel, data)
 
     # --- membership and presence --------------------------------------------------------------
-    async def add_connection(self, conn: ConnectionInfo) -> None:
-        await self.state.add_connection(conn)
+    async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
+        await self.state.add_connection(conn, rooms)
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         await self.state.remove_connection(conn, rooms)

@@ -15,6 +15,7 @@ import orjson
 
 from gateway.backend import scripts
 from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
+from gateway.backend.batch import PipelineBatcher
 from gateway.backend.keys import Keys
 
 log = logging.getLogger("gateway.redis")
@@ -28,9 +29,13 @@ def _s(value: Any) -> str:
 
 
 class RedisState:
-    def __init__(self, client: Any, keys: Keys, *, node_lease_s: float = 15.0) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, *, node_lease_s: float = 15.0, cluster: bool = False
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.cluster = cluster
+        self.batch = PipelineBatcher(client)
         self.node_lease_ms = int(node_lease_s * 1000)
 
     # --- connections and memberships ---------------------------------------------------------
@@ -46,28 +51,113 @@ class RedisState:
             }
         )
 
-    async def add_connection(self, conn: ConnectionInfo) -> None:
+    # One round trip per connect, join, leave and disconnect on a single Redis: the membership
+    # script keeps presence and the room index exact. Redis Cluster spreads these keys over
+    # slots, so there the same steps run as separate calls (``_*_cluster``).
+
+    def _membership(
+        self, pipe: Any, conn: ConnectionInfo, delta: int, rooms: Sequence[str], info: bytes
+    ) -> None:
         k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(k.node_connections(conn.node), conn.connection_id)
-        pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
-        pipe.zadd(k.clients, {conn.connection_id: 0})
-        pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, []))
-        await pipe.execute()
+        keys = [k.node_memberships(conn.node), k.client_info, k.room_members, k.rooms]
+        keys += [k.room_presence(room) for room in rooms]
+        value = SEP.join((conn.user_id, conn.role, conn.node))
+        script = scripts.load(scripts.MEMBERSHIP)
+        pipe.evalsha(script.sha, len(keys), *keys, delta, conn.connection_id, value, info, *rooms)
+
+    def _queue_connection(self, pipe: Any, conn: ConnectionInfo, add: bool) -> None:
+        k = self.keys
+        if add:
+            pipe.sadd(k.node_connections(conn.node), conn.connection_id)
+            pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
+            pipe.zadd(k.clients, {conn.connection_id: 0})
+        else:
+            pipe.srem(k.node_connections(conn.node), conn.connection_id)
+            pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
+            pipe.zrem(k.clients, conn.connection_id)
+
+    async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
+        """Register a connection and join it to ``rooms``."""
+        if self.cluster:
+            await self._add_connection_cluster(conn, rooms)
+            return
+        info = self._client_json(conn, rooms)
+
+        def queue(pipe: Any) -> None:
+            self._queue_connection(pipe, conn, add=True)
+            self._membership(pipe, conn, 1, rooms, info)
+
+        await self.batch.run(queue)
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_leave(pipe, conn, rooms)
-        pipe.srem(k.node_connections(conn.node), conn.connection_id)
-        pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
-        pipe.zrem(k.clients, conn.connection_id)
-        pipe.hdel(k.client_info, conn.connection_id)
-        await pipe.execute()
-        if rooms:
-            await self._count(-1, rooms)
+        if self.cluster:
+            await self._remove_connection_cluster(conn, rooms)
+            return
+
+        def queue(pipe: Any) -> None:
+            self._queue_connection(pipe, conn, add=False)
+            self._membership(pipe, conn, -1, rooms, b"")
+
+        await self.batch.run(queue)
 
     async def join(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        await self.join_with(conn, rooms, all_rooms, None)
+
+    async def join_with(
+        self,
+        conn: ConnectionInfo,
+        rooms: Sequence[str],
+        all_rooms: Sequence[str],
+        before: tuple[scripts.LuaScript, list[str], list[Any]] | None,
+    ) -> Any:
+        """Join ``rooms``; ``before`` is a script call run first in the same round trip (the
+        room's history read), whose result is returned."""
+        if self.cluster:
+            first = await before[0].run(self.client, before[1], before[2]) if before else None
+            await self._join_cluster(conn, rooms, all_rooms)
+            return first
+        info = self._client_json(conn, all_rooms)
+
+        def queue(pipe: Any) -> None:
+            if before is not None:
+                script, keys, args = before
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            self._membership(pipe, conn, 1, rooms, info)
+
+        results = await self.batch.run(queue)
+        return results[0] if before is not None else None
+
+    async def leave(
+        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
+    ) -> None:
+        if self.cluster:
+            await self._leave_cluster(conn, rooms, all_rooms)
+            return
+        info = self._client_json(conn, all_rooms)
+        await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms, info))
+
+    # --- Redis Cluster: the same steps, one slot at a time -------------------------------------
+    async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_connection(pipe, conn, add=True)
+        pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
+        await pipe.execute()
+        if rooms:
+            await self._join_cluster(conn, rooms, rooms)
+
+    async def _remove_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_leave(pipe, conn, rooms)
+        self._queue_connection(pipe, conn, add=False)
+        pipe.hdel(self.keys.client_info, conn.connection_id)
+        results = await pipe.execute()
+        gone = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        if gone:
+            await self._count(-1, gone)
+
+    async def _join_cluster(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None:
         k = self.keys
@@ -83,7 +173,7 @@ class RedisState:
         if new_rooms:
             await self._count(1, new_rooms)
 
-    async def leave(
+    async def _leave_cluster(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None:
         pipe = self.client.pipeline(transaction=False)
