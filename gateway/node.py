@@ -90,7 +90,7 @@ class Node:
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
-        self.by_user: dict[str, set[Session]] = defaultdict(set)
+        self.by_user: dict[str, list[Session]] = defaultdict(list)
         self.by_ip: Counter[str] = Counter()
         self.draining = False
         self.backend_ok = True
@@ -229,7 +229,8 @@ class Node:
         if session.identity is not None and session.info is not None:
             users = self.by_user.get(session.identity.user_id)
             if users is not None:
-                users.discard(session)
+                if session in users:
+                    users.remove(session)
                 if not users:
                     del self.by_user[session.identity.user_id]
             try:
@@ -351,7 +352,7 @@ class Node:
             node=self.node_id,
             connected_at_ms=int(session.connected_at * 1000),
         )
-        self.by_user[identity.user_id].add(session)
+        self.by_user[identity.user_id].append(session)
         kind = session.transport.kind
         self.metrics.connections.labels("anonymous", kind).dec()
         self.metrics.connections.labels(identity.role, kind).inc()
@@ -386,12 +387,12 @@ class Node:
     # --- rooms --------------------------------------------------------------------------------
     async def _enter(self, session: Session, room: str) -> None:
         """Join the local hub (subscribing the node if first) without recovery."""
-        session.rooms.add(room)
+        session.rooms.append(room)
         if self.hub.add(session, room):
             try:
                 await self.backend.subscribe(room)
             except BaseException:
-                session.rooms.discard(room)
+                session.drop_room(room)
                 self.hub.remove(session, room)
                 raise
 
@@ -425,7 +426,7 @@ class Node:
                 for pub in buffered:
                     session.enqueue(session.transport.encode_publication(pub))
             elif room in session.rooms:
-                session.rooms.discard(room)
+                session.drop_room(room)
                 if self.hub.remove(session, room):
                     self.backend.unsubscribe(room)
             self.metrics.redis_errors.labels("join").inc()
@@ -465,7 +466,7 @@ class Node:
         room = payload.room
         check_access(session.identity, room)
         if room in session.rooms:
-            session.rooms.discard(room)
+            session.drop_room(room)
             if self.hub.remove(session, room):
                 self.backend.unsubscribe(room)
             try:
