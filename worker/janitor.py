@@ -42,7 +42,9 @@ class Janitor:
     ) -> None:
         self.client = client
         self.keys = Keys(settings.redis_prefix)
-        self.state = RedisState(client, self.keys, node_lease_s=settings.node_lease_s)
+        self.state = RedisState(
+            client, self.keys, node_lease_s=settings.node_lease_s, cluster=settings.cluster_mode
+        )
         self.interval_s = settings.janitor_interval_s
         self.lease = Lease(
             client, self.keys.lease("janitor"), settings.worker_id, lease_ttl_s(self.interval_s)
