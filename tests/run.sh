@@ -96,9 +96,9 @@ install_python_packages
 install_node_packages
 
 log "ruff check"
-python3 -m ruff check .
+python3 -m ruff check --no-cache .
 log "ruff format --check"
-python3 -m ruff format --check .
+python3 -m ruff format --no-cache --check .
 log "mypy"
 python3 -m mypy
 log "pytest $*"

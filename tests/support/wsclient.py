@@ -88,8 +88,7 @@ class WsClient:
         out = []
         for _ in range(n):
             frame = await self.wait_for(
-                lambda f: f.get("event") == "event"
-                and (room is None or f["data"]["room"] == room),
+                lambda f: f.get("event") == "event" and (room is None or f["data"]["room"] == room),
                 timeout,
             )
             out.append(frame["data"])
