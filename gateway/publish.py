@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -67,7 +67,33 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
         raise PublishError(f"payload is not JSON-serializable: {exc}") from None
 
 
+P = TypeVar("P", bound="_Base")
+
+
 class _Base:
+    _clients: tuple[Any, Any]  # (single Redis client class, Redis Cluster client class)
+
+    @classmethod
+    def from_url(
+        cls: type[P],
+        url: str,
+        *,
+        prefix: str | None = None,
+        history_size: int | None = None,
+        history_ttl_s: int | None = None,
+        cluster: bool | None = None,
+    ) -> P:
+        """A publisher for ``url`` (``redis://``, ``rediss://``, ``redis+cluster://``).
+        History size/TTL and the key prefix default to the ``GATEWAY_*`` variables."""
+        is_cluster = _is_cluster(url, cluster)
+        client_class = cls._clients[1] if is_cluster else cls._clients[0]
+        return cls(
+            client_class.from_url(url.replace("+cluster", ""), protocol=2),
+            prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
+            history=_policy(history_size, history_ttl_s),
+            cluster=is_cluster,
+        )
+
     def __init__(self, client: Any, *, prefix: str, history: HistoryPolicy, cluster: bool) -> None:
         self.client = client
         self.keys = Keys(prefix)
@@ -101,29 +127,7 @@ class _Base:
 class Publisher(_Base):
     """Synchronous publisher for Django views, signals and management commands."""
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str | None = None,
-        history_size: int | None = None,
-        history_ttl_s: int | None = None,
-        cluster: bool | None = None,
-    ) -> Publisher:
-        is_cluster = _is_cluster(url, cluster)
-        plain = url.replace("+cluster", "")
-        client: Any = (
-            redis.RedisCluster.from_url(plain, protocol=2)
-            if is_cluster
-            else redis.Redis.from_url(plain, protocol=2)
-        )
-        return cls(
-            client,
-            prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
-            history=_policy(history_size, history_ttl_s),
-            cluster=is_cluster,
-        )
+    _clients = (redis.Redis, redis.RedisCluster)
 
     def publish(
         self, room: str, type: str, payload: Any, idempotency_key: str | None = None
@@ -157,29 +161,7 @@ class Publisher(_Base):
 class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str | None = None,
-        history_size: int | None = None,
-        history_ttl_s: int | None = None,
-        cluster: bool | None = None,
-    ) -> AsyncPublisher:
-        is_cluster = _is_cluster(url, cluster)
-        plain = url.replace("+cluster", "")
-        client: Any = (
-            aioredis.RedisCluster.from_url(plain, protocol=2)
-            if is_cluster
-            else aioredis.Redis.from_url(plain, protocol=2)
-        )
-        return cls(
-            client,
-            prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
-            history=_policy(history_size, history_ttl_s),
-            cluster=is_cluster,
-        )
+    _clients = (aioredis.Redis, aioredis.RedisCluster)
 
     async def publish(
         self, room: str, type: str, payload: Any, idempotency_key: str | None = None

@@ -20,11 +20,9 @@ from redis.exceptions import ResponseError
 from gateway.backend.keys import Keys
 from gateway.backend.redis_state import RedisState
 from gateway.config import Settings
-from worker.leases import Lease, LeaseLost, run_under_lease
+from worker.leases import Lease, LeasedTicks
 from worker.metrics import WorkerMetrics
 from worker.retry import REDIS_ERRORS, sleep_unless
-
-JOB_ERRORS: tuple[type[BaseException], ...] = (LeaseLost, *REDIS_ERRORS)
 
 log = logging.getLogger("worker.janitor")
 
@@ -52,7 +50,7 @@ class Janitor:
         self.consumer = settings.worker_id
         self.metrics = metrics
         self.stopping = stopping
-        self._failing = False
+        self._ticks = LeasedTicks("janitor", self.lease, metrics, self.interval_s, REDIS_ERRORS)
 
     async def run(self) -> None:
         while not await sleep_unless(self.stopping, self.interval_s):
@@ -60,23 +58,7 @@ class Janitor:
 
     async def tick(self) -> dict[str, int] | None:
         """One sweep if no other worker is sweeping: what was removed, or None."""
-        try:
-            # linger: the other workers skip their ticks of this period, one sweep per period
-            ran, removed = await run_under_lease(
-                self.lease, self.sweep, linger_s=0.8 * self.interval_s
-            )
-        except JOB_ERRORS as exc:
-            self.metrics.errors.labels("janitor").inc()
-            if not self._failing:
-                log.warning("janitor sweep failed (%s: %s); will retry", type(exc).__name__, exc)
-            self._failing = True
-            return None
-        if self._failing:
-            log.info("janitor sweeping again")
-            self._failing = False
-        if not ran:
-            self.metrics.lease_skips.labels("janitor").inc()
-        return removed
+        return await self._ticks.tick(self.sweep)
 
     async def sweep(self) -> dict[str, int]:
         removed = await self.state.cleanup()

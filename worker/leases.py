@@ -119,3 +119,41 @@ async def _cancel(*tasks: asyncio.Future[Any]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+class LeasedTicks:
+    """A once-per-period job run under a lease: logs a failure once and its recovery once,
+    counts errors and lease skips by job name. ``tick(job)`` returns the job's result, or None
+    when it failed or another worker held the lease."""
+
+    def __init__(
+        self,
+        name: str,
+        lease: Lease,
+        metrics: Any,
+        interval_s: float,
+        errors: tuple[type[BaseException], ...],
+    ) -> None:
+        self.name = name
+        self.lease = lease
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.errors: tuple[type[BaseException], ...] = (LeaseLost, *errors)
+        self.failing = False
+
+    async def tick(self, job: Callable[[], Awaitable[T]]) -> T | None:
+        try:
+            # linger: the other workers skip their ticks of this period, one run per period
+            ran, result = await run_under_lease(self.lease, job, linger_s=0.8 * self.interval_s)
+        except self.errors as exc:
+            self.metrics.errors.labels(self.name).inc()
+            if not self.failing:
+                log.warning("%s failed (%s: %s); will retry", self.name, type(exc).__name__, exc)
+            self.failing = True
+            return None
+        if self.failing:
+            log.info("%s running again", self.name)
+            self.failing = False
+        if not ran:
+            self.metrics.lease_skips.labels(self.name).inc()
+        return result

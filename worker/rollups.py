@@ -18,11 +18,9 @@ from typing import Any
 from gateway.backend import scripts
 from gateway.backend.keys import Keys
 from gateway.config import Settings
-from worker.leases import Lease, LeaseLost, run_under_lease
+from worker.leases import Lease, LeasedTicks
 from worker.metrics import WorkerMetrics
 from worker.retry import REDIS_ERRORS, sleep_unless
-
-JOB_ERRORS: tuple[type[BaseException], ...] = (LeaseLost, *REDIS_ERRORS)
 
 log = logging.getLogger("worker.rollups")
 
@@ -47,7 +45,7 @@ class Rollups:
         self.lease = Lease(client, self.keys.lease("rollup"), settings.worker_id, 10.0)
         self.metrics = metrics
         self.stopping = stopping
-        self._failing = False
+        self._ticks = LeasedTicks("rollup", self.lease, metrics, self.interval_s, REDIS_ERRORS)
 
     async def run(self) -> None:
         while not await sleep_unless(self.stopping, self.interval_s):
@@ -55,22 +53,7 @@ class Rollups:
 
     async def tick(self) -> int | None:
         """One rollup unless another worker is rolling up: the window's total, or None."""
-        try:
-            ran, total = await run_under_lease(
-                self.lease, self.rollup, linger_s=0.8 * self.interval_s
-            )
-        except JOB_ERRORS as exc:
-            self.metrics.errors.labels("rollup").inc()
-            if not self._failing:
-                log.warning("rollup failed (%s: %s); will retry", type(exc).__name__, exc)
-            self._failing = True
-            return None
-        if self._failing:
-            log.info("rollups running again")
-            self._failing = False
-        if not ran:
-            self.metrics.lease_skips.labels("rollup").inc()
-        return total
+        return await self._ticks.tick(self.rollup)
 
     async def rollup(self, now_ms: int | None = None) -> int:
         minute = (now_ms if now_ms is not None else time.time_ns() // 1_000_000) // 60000
