@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from tests.support import GatewayProcess, RedisServer
 from tests.support.nodes import API_KEY, DASHBOARD
+from tests.support.ports import eventually
 
 DRAIN_SECONDS = "0.5"
 
@@ -83,21 +82,6 @@ class PinnedJitter(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
-
-
-async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def offsets(events: list[dict[str, Any]]) -> list[int]:

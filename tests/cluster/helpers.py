@@ -4,8 +4,7 @@ and exactly-once checks over what a WebSocket client received."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -13,6 +12,7 @@ import redis
 
 from gateway.backend.keys import Keys
 from tests.support.nodes import API_KEY
+from tests.support.ports import eventually  # noqa: F401 - re-exported for the tests here
 from tests.support.wsclient import WsClient
 
 KEYS = Keys("gateway")
@@ -48,22 +48,6 @@ async def api_publish(
     )
     assert status == 200, body
     return int(body["offsets"][room])
-
-
-async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
-) -> None:
-    """Poll ``predicate`` (sync or async) until it is true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def numsub(client: redis.Redis, channel: str) -> int:

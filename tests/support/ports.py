@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,3 +66,20 @@ def http_status_or_none(url: str, timeout_s: float = 1.0) -> int | None:
         return http_get(url, timeout_s)[0]
     except (OSError, http.client.HTTPException):
         return None
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
+) -> None:
+    """``wait_until`` for async tests: poll ``predicate`` (sync or async) until it is true;
+    fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
