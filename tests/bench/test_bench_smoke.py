@@ -82,7 +82,8 @@ def test_smoke_run_loses_and_duplicates_nothing(smoke: dict[str, Any]) -> None:
             assert row["unexpected"] == 0 and row["closed"] == 0, (where, row)
             assert row["deliveries"] == expected_deliveries(scenario, sizes), (where, row)
             assert row["p99_ms"] is not None and row["p99_ms"] > 0, (where, row)
-            assert row["cpu_us_per_delivery"] > 0, (where, row)
+            # CPU is read in 10 ms ticks: a smoke-sized run may round to 0
+            assert row["cpu_us_per_delivery"] >= 0, (where, row)
         rows = summary["publish"]["rows"]
         assert set(rows) == PUBLISH_METHODS[target]
         for method, row in rows.items():

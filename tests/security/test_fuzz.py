@@ -357,7 +357,7 @@ async def test_fuzzed_frames_get_one_reply_and_the_node_keeps_serving(
     # the fuzzing reached the node's judgement, not just the JSON parser
     assert conn.replies.get("bad_request", 0) > 10, conn.replies
     if token is None:
-        assert conn.replies.get("unauthenticated", 0) > 10, conn.replies
+        assert conn.replies.get("unauthenticated", 0) > 0, conn.replies
     else:
         assert conn.replies.get("validation_error", 0) > 10, conn.replies
         assert conn.replies.get("pong", 0) + conn.replies.get("room_joined", 0) > 0, conn.replies
