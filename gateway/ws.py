@@ -14,22 +14,9 @@ from gateway.backend.base import Publication
 from gateway.closecodes import CloseCode, ErrorCode
 from gateway.node import Node
 from gateway.protocol import FrameId, ProtocolError
+from gateway.wsframes import ServerClose, ws_frame
 
 log = logging.getLogger("gateway.ws")
-
-CLOSE_TIMEOUT_S = 5.0
-
-
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One unmasked, unfragmented server frame; built once and written to many sockets."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return header + payload
 
 
 def encode_native(event: str, data_json: bytes, frame_id: FrameId | None) -> bytes:
@@ -41,11 +28,12 @@ def encode_native(event: str, data_json: bytes, frame_id: FrameId | None) -> byt
 
 class WsTransport:
     kind = "ws"
-    __slots__ = ("_transport", "ws")
+    __slots__ = ("_transport", "closer", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.ws = ws
         self._transport = transport
+        self.closer: ServerClose | None = None  # made when the connection starts to close
 
     def encode(self, event: str, data_json: bytes, frame_id: FrameId | None) -> bytes:
         return ws_frame(encode_native(event, data_json, frame_id))
@@ -54,24 +42,22 @@ class WsTransport:
         return ws_frame(pub.frame())
 
     def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
+        if self.closer is None and not self._transport.is_closing():
             self._transport.write(data)
 
     def buffer_size(self) -> int:
         return self._transport.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        """Never blocks: the close frame goes after what is already written (see wsframes)."""
+        if self.closer is None:
+            self.closer = ServerClose(self._transport)
+            self.closer.start(code, reason)
 
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S
-            )
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if not self._transport.is_closing():
-            self._transport.abort()  # a client that never reads must not pin the socket
+    def peer_closed(self, code: int | None) -> None:
+        if self.closer is None:
+            self.closer = ServerClose(self._transport)
+        self.closer.peer_closed(code)
 
 
 def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
@@ -134,25 +120,33 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
         compress=False,
         heartbeat=settings.ws_heartbeat_s,
         autoping=True,
+        autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
     )
     await ws.prepare(request)
-    transport = request.transport
-    assert transport is not None
+    raw = request.transport
+    assert raw is not None
+    transport = WsTransport(ws, raw)
     session = node.open_session(
-        WsTransport(ws, transport),
+        transport,
         client_ip(request, settings.trusted_proxies),
     )
     try:
         token = request.query.get("token")
         if token:
             await node.authenticate_with(session, token)
-        async for msg in ws:
+        while True:
+            msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
-                await node.handle(session, msg.data)
+                if not session.closed:  # closing: read on to the client's close frame
+                    await node.handle(session, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
-                node.reply_error(session, error, None)
-            elif msg.type is WSMsgType.ERROR:
+                if not session.closed:
+                    error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
+                    node.reply_error(session, error, None)
+            elif msg.type is WSMsgType.CLOSE:
+                transport.peer_closed(msg.data)
+                break
+            else:  # CLOSING, CLOSED, ERROR: aiohttp has ended the connection itself
                 break
     finally:
         code = ws.close_code

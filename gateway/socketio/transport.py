@@ -48,6 +48,7 @@ from gateway.socketio.codec import (
     encode_event,
     encode_reply,
 )
+from gateway.wsframes import ServerClose, ws_frame
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -125,19 +126,6 @@ class _Publication(Protocol):
     def event_data(self) -> bytes: ...
 
 
-def ws_text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 section 5.2), built once and
-    written to as many sockets as need it."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 65536:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
-
-
 class SioTransport:
     """How the gateway core writes to one Socket.IO client (the ``/ws`` transport's shape).
 
@@ -146,11 +134,12 @@ class SioTransport:
     """
 
     kind = "sio"
-    __slots__ = ("_closing", "_transport", "close_code", "close_reason", "sid", "ws")
+    __slots__ = ("_closing", "_transport", "close_code", "close_reason", "closer", "sid", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.ws = ws
         self._transport = transport
+        self.closer: ServerClose | None = None  # made when the connection starts to close
         self.sid = ""  # the Socket.IO socket id, known once the namespace is connected
         self.close_code: int | None = None
         self.close_reason = ""
@@ -161,10 +150,10 @@ class SioTransport:
         """A reply (``frame_id`` = the ack id the client event carried) or a push (``None``).
         Socket.IO ack ids are integers; any other id is sent as a plain event."""
         ack_id = frame_id if isinstance(frame_id, int) else None
-        return ws_text_frame(encode_reply(ack_id, event, data_json))
+        return ws_frame(encode_reply(ack_id, event, data_json))
 
     def encode_publication(self, pub: _Publication) -> bytes:
-        return ws_text_frame(encode_event("event", pub.event_data()))
+        return ws_frame(encode_event("event", pub.event_data()))
 
     def write(self, data: bytes) -> None:
         if not self._transport.is_closing():
@@ -185,7 +174,8 @@ class SioTransport:
         self.close_reason = reason
         if not _may_retry(code):
             self.send_packet(encode_disconnect())
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
+        self.closer.start(code, reason)  # after what is written; see gateway.wsframes
 
     @property
     def closing(self) -> bool:
@@ -193,7 +183,7 @@ class SioTransport:
 
     # --- the transport's own packets ----------------------------------------------------------
     def send_packet(self, packet: bytes) -> None:
-        self.write(ws_text_frame(packet))
+        self.write(ws_frame(packet))
 
     def abort(self, reason: str) -> None:
         """Drop the connection without a close handshake (the peer stopped answering)."""
@@ -202,6 +192,8 @@ class SioTransport:
             self.close_reason = reason
         self._closing = True
         self._transport.abort()
+        if self.closer is not None:
+            self.closer.abort()  # and its timer
 
     def closed_by_error(self, code: int, reason: str) -> None:
         """aiohttp has closed the socket itself (a message over ``max_payload``: 1009)."""
@@ -210,15 +202,12 @@ class SioTransport:
             self.close_reason = reason
         self._closing = True
 
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason.encode()[:123]), CLOSE_TIMEOUT_S
-            )
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if not self._transport.is_closing():
-            self._transport.abort()  # a client that never reads must not pin the socket
+    def peer_closed(self, code: int | None) -> None:
+        """The client's close frame: answer it (or end our own close) and end the connection."""
+        self._closing = True
+        if self.closer is None:
+            self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
+        self.closer.peer_closed(code)
 
 
 def _may_retry(code: int) -> bool:
@@ -305,7 +294,10 @@ class _Connection:
                 await self._on_text(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 await self._on_binary()
-            else:  # CLOSE, CLOSING, CLOSED or ERROR
+            elif msg.type is WSMsgType.CLOSE:
+                self.transport.peer_closed(msg.data)
+                return
+            else:  # CLOSING, CLOSED or ERROR: aiohttp has ended the connection itself
                 if isinstance(msg.data, WebSocketError):  # e.g. 1009, which aiohttp has sent
                     self.transport.closed_by_error(int(msg.data.code), str(msg.data))
                 return
@@ -425,6 +417,7 @@ def socketio_handler(
             max_msg_size=options.max_payload + 1,
             compress=False,  # one frame per event, written to every member
             autoping=True,
+            autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
             timeout=CLOSE_TIMEOUT_S,
         )
         error = check_handshake(

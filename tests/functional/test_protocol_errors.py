@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -174,3 +175,31 @@ async def test_sender_within_the_rate_is_never_limited(node_with: Any, http: Any
         await asyncio.sleep(0.03)
     assert client.close_code is None
     await client.close()
+
+
+async def test_a_closing_connection_waits_for_the_clients_close_frame(
+    node_with: Any, http: Any
+) -> None:
+    """The server closes with the WebSocket closing handshake: after its close frame it keeps
+    the TCP connection until the client answers (frames the client still sends are dropped
+    unanswered), so nothing the server wrote before its close frame can be lost to a reset."""
+    node = await node_with(rate_limit=1, rate_burst=1, rate_limit_strikes=2)
+    ws = await http.ws_connect(node.ws_url, autoclose=False, autoping=True)
+    for i in range(3):  # one within the burst, strike 1 (an error), strike 2 (4429)
+        await ws.send_str(orjson.dumps({"event": "ping", "id": i}).decode())
+    frames = [orjson.loads((await ws.receive(timeout=5)).data) for _ in range(2)]
+    assert [f["event"] for f in frames] == ["pong", "error"]
+    end = await ws.receive(timeout=5)
+    assert (end.type, end.data) == (aiohttp.WSMsgType.CLOSE, 4429)
+
+    (session,) = node.node.sessions.values()
+    await ws.send_str(orjson.dumps({"event": "ping", "id": 9}).decode())  # dropped, no reset
+    await asyncio.sleep(0.3)
+    # still connected, waiting for our close frame (a reset here could have cost the client
+    # the frames above); the frame sent after the close was not handled
+    assert list(node.node.sessions.values()) == [session] and session.closed
+    assert node.node.frames_out == 2
+    await ws.close()  # our close frame: now the server ends the TCP connection
+    async with asyncio.timeout(5):
+        while node.node.sessions:
+            await asyncio.sleep(0.02)
