@@ -55,9 +55,12 @@ def setup_logging(fmt: str, level: str, node_id: str) -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """``METHOD /path STATUS bytes seconds``: no query string, no headers."""
+    """``METHOD /path STATUS bytes seconds``: no query string, no headers. WebSocket upgrades
+    (101) are left out: the node logs each connection's end, with its close code."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if response.status == 101:
+            return
         self.logger.info(
             "%s %s %s %s %.3fs",
             request.method,

@@ -1,23 +1,48 @@
 """Group commit for Redis: commands queued by many coroutines in one event-loop turn share one
-pipeline, so a connect storm costs a few round trips, not one per connection."""
+round trip, so a connect storm costs a few round trips, not one per connection.
+
+Two implementations with one API (``await batcher.run(queue)``; ``queue(buffer)`` adds commands
+with redis-py's method names: ``evalsha``, ``sadd``, ``srem``, ``zadd``, ``zrem``):
+
+- ``RespBatcher``: our own connection, commands packed as RESP by hand and replies parsed by
+  hiredis. redis-py's pipeline costs 150-300 µs of Python per round trip (command objects,
+  encoder, per-reply timeouts), which was ~15 % of a connect's CPU (docs/benchmarks.md). Used
+  for plain TCP and Unix-socket Redis.
+- ``PipelineBatcher``: redis-py's pipeline, for TLS (its certificate options are redis-py's).
+
+``make_batcher(client)`` picks one from the redis-py client's own connection settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
+from redis._parsers import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from gateway.backend import scripts
+
+log = logging.getLogger("gateway.redis")
+
+Waiters = list[tuple[int, int, "asyncio.Future[list[Any]]"]]
 
 
 class PipelineBatcher:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._pipe: Any = None
-        self._waiters: list[tuple[int, int, asyncio.Future[list[Any]]]] = []
+        self._waiters: Waiters = []
         self.flushes = 0
 
-    async def run(self, queue: Callable[[Any], None]) -> list[Any]:
+    async def run(self, queue: Callable[[Any], object]) -> list[Any]:
         """``queue(pipe)`` adds commands; returns their results once the shared pipeline ran.
         An error in one's own commands is raised; others' errors are theirs."""
         loop = asyncio.get_running_loop()
@@ -36,25 +61,313 @@ class PipelineBatcher:
         self._pipe, self._waiters = None, []
         asyncio.get_running_loop().create_task(self._flush(pipe, waiters))
 
-    async def _flush(
-        self, pipe: Any, waiters: list[tuple[int, int, asyncio.Future[list[Any]]]]
-    ) -> None:
+    async def _flush(self, pipe: Any, waiters: Waiters) -> None:
         self.flushes += 1
         try:
             results = await scripts.execute(pipe, self.client, raise_on_error=False)
-        except BaseException as exc:  # the whole round trip failed: everyone hears of it
-            for _, _, fut in waiters:
-                if not fut.done():
-                    fut.set_exception(exc)
+        except BaseException as exc:
+            _fail(waiters, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for start, end, fut in waiters:
-            if fut.done():
-                continue
-            part = results[start:end]
-            error = next((r for r in part if isinstance(r, Exception)), None)
-            if error is not None:
-                fut.set_exception(error)
+        _deliver(waiters, results)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _fail(waiters: Waiters, exc: BaseException) -> None:
+    """The whole round trip failed: everyone hears of it."""
+    for _, _, fut in waiters:
+        if not fut.done():
+            fut.set_exception(exc)
+
+
+def _deliver(waiters: Waiters, results: Sequence[Any]) -> None:
+    for start, end, fut in waiters:
+        if fut.done():
+            continue
+        part = list(results[start:end])
+        error = next((r for r in part if isinstance(r, Exception)), None)
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(part)
+
+
+# --- our own connection ---------------------------------------------------------------------
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return b"%d" % value
+    if isinstance(value, float):
+        return repr(value).encode()
+    raise TypeError(f"cannot send {type(value).__name__} to Redis")
+
+
+def pack_command(args: Sequence[Any]) -> bytes:
+    """One command as a RESP array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for value in args:
+        data = _arg(value)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class CommandBuffer:
+    """The commands of one group commit, in redis-py's spelling (what ``queue`` callbacks use)."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.commands.append(args)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
+
+    def sadd(self, key: str, *members: Any) -> None:
+        self.commands.append(("SADD", key, *members))
+
+    def srem(self, key: str, *members: Any) -> None:
+        self.commands.append(("SREM", key, *members))
+
+    def zadd(self, key: str, mapping: dict[Any, float]) -> None:
+        pairs: list[Any] = []
+        for member, score in mapping.items():
+            pairs += (score, member)
+        self.commands.append(("ZADD", key, *pairs))
+
+    def zrem(self, key: str, *members: Any) -> None:
+        self.commands.append(("ZREM", key, *members))
+
+
+def _reply(value: Any) -> Any:
+    """hiredis's error replies as redis-py's exceptions (NoScriptError, ReadOnlyError...)."""
+    if isinstance(value, hiredis.ReplyError):
+        return BaseParser.parse_error(str(value))  # type: ignore[no-untyped-call]
+    if isinstance(value, list):
+        return [_reply(v) for v in value]
+    return value
+
+
+class _Link:
+    """One connection; replies are matched to round trips in order (Redis answers in order)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.inflight: collections.deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = (
+            collections.deque()
+        )
+        self.task = asyncio.get_running_loop().create_task(self._read(reader))
+        self.error: BaseException | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.writer.is_closing()
+
+    def send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.inflight.append((len(commands), [], fut))
+        self.writer.write(b"".join([pack_command(c) for c in commands]))
+        return fut
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        parser = hiredis.Reader()
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise RedisConnectionError("connection closed by Redis")
+                parser.feed(chunk)
+                while (reply := parser.gets()) is not False:
+                    if not self.inflight:
+                        raise RedisConnectionError("reply without a request")
+                    want, got, fut = self.inflight[0]
+                    got.append(_reply(reply))
+                    if len(got) == want:
+                        self.inflight.popleft()
+                        if not fut.done():
+                            fut.set_result(got)
+        except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
+            self.fail(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(exc))
+        except asyncio.CancelledError:
+            self.fail(RedisConnectionError("connection closed"))
+            raise
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.writer.close()
+        while self.inflight:
+            _, _, fut = self.inflight.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+class RespBatcher:
+    """Group commit on our own Redis connection (see the module's docstring)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        host: str = "localhost",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.client = client  # redis-py: loads scripts Redis has lost (NOSCRIPT)
+        self._address = (host, port, path)
+        self._hello = self._setup_commands(db, username, password)
+        self._timeout_s = timeout_s
+        self._buffer: CommandBuffer | None = None
+        self._waiters: Waiters = []
+        self._link: _Link | None = None
+        self._opening: asyncio.Task[_Link] | None = None
+        self.flushes = 0
+
+    @staticmethod
+    def _setup_commands(
+        db: int, username: str | None, password: str | None
+    ) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
+        if password is not None:
+            commands.append(("AUTH", username, password) if username else ("AUTH", password))
+        if db:
+            commands.append(("SELECT", db))
+        return commands
+
+    async def run(self, queue: Callable[[Any], object]) -> list[Any]:
+        """``queue(buffer)`` adds commands; returns their results once the shared round trip
+        ran. An error in one's own commands is raised; others' errors are theirs."""
+        loop = asyncio.get_running_loop()
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = CommandBuffer()
+            self._waiters = []
+            loop.call_soon(self._flush_soon)
+        start = len(buffer.commands)
+        queue(buffer)
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiters.append((start, len(buffer.commands), fut))
+        return await fut
+
+    def _flush_soon(self) -> None:
+        buffer, waiters = self._buffer, self._waiters
+        self._buffer, self._waiters = None, []
+        if buffer is not None:
+            asyncio.get_running_loop().create_task(self._flush(buffer.commands, waiters))
+
+    async def _flush(self, commands: list[tuple[Any, ...]], waiters: Waiters) -> None:
+        self.flushes += 1
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                link = await self._connected()
+                results = await link.send(commands)
+                results = await self._rerun_lost_scripts(commands, results)
+        except TimeoutError:
+            self._drop(RedisTimeoutError("Redis did not answer in time"))
+            _fail(waiters, RedisTimeoutError("Redis did not answer in time"))
+            return
+        except BaseException as exc:
+            _fail(waiters, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        _deliver(waiters, results)
+
+    async def _rerun_lost_scripts(
+        self, commands: Sequence[tuple[Any, ...]], results: list[Any]
+    ) -> list[Any]:
+        """A script Redis no longer knows (it restarted) is run again with its source."""
+        for i, result in enumerate(results):
+            if isinstance(result, NoScriptError):
+                _, sha, numkeys, *rest = commands[i]
+                script = scripts.by_sha(str(sha))
+                n = int(numkeys)
+                try:
+                    results[i] = await script.run(self.client, list(rest[:n]), list(rest[n:]))
+                except Exception as exc:
+                    results[i] = exc
+        return results
+
+    async def _connected(self) -> _Link:
+        if self._link is not None and self._link.usable:
+            return self._link
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_task(self._open())
+        opening = self._opening
+        try:
+            link = await asyncio.shield(opening)
+        finally:
+            if self._opening is opening and opening.done():
+                self._opening = None
+        self._link = link
+        return link
+
+    async def _open(self) -> _Link:
+        host, port, path = self._address
+        try:
+            if path:
+                reader, writer = await asyncio.open_unix_connection(path)
             else:
-                fut.set_result(part)
+                reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
+        link = _Link(reader, writer)
+        if self._hello:
+            for reply in await link.send(self._hello):
+                if isinstance(reply, Exception):
+                    link.fail(RedisConnectionError(f"Redis refused the connection: {reply}"))
+                    await link.close()
+                    raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        return link
+
+    def _drop(self, exc: BaseException) -> None:
+        if self._link is not None:
+            self._link.fail(exc)
+            self._link.task.cancel()
+            self._link = None
+
+    async def aclose(self) -> None:
+        if self._link is not None:
+            link, self._link = self._link, None
+            await link.close()
+
+
+def make_batcher(client: Any, timeout_s: float = 5.0) -> PipelineBatcher | RespBatcher:
+    """Our own connection where the client's is plain TCP or a Unix socket, else redis-py's."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return PipelineBatcher(client)
+    kind = pool.connection_class.__name__
+    kw = pool.connection_kwargs
+    common = {
+        "db": int(kw.get("db") or 0),
+        "username": kw.get("username"),
+        "password": kw.get("password"),
+        "timeout_s": timeout_s,
+    }
+    if kind == "Connection":
+        return RespBatcher(
+            client, host=kw.get("host", "localhost"), port=kw.get("port", 6379), **common
+        )
+    if kind == "UnixDomainSocketConnection":
+        return RespBatcher(client, path=kw["path"], **common)
+    return PipelineBatcher(client)

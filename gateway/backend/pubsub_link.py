@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
+from gateway.backend.batch import pack_command
+
 log = logging.getLogger("gateway.pubsub")
 
 MessageHandler = Callable[[str, bytes], None]
@@ -57,14 +59,6 @@ class Endpoint:
     @property
     def name(self) -> str:
         return self.unix_path or f"{self.host}:{self.port}"
-
-
-def _pack(*parts: str | bytes) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 class PubSubLink:
@@ -158,7 +152,7 @@ class PubSubLink:
 
     def _send(self, *parts: str | bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(_pack(*parts))
+            self._writer.write(pack_command(parts))
 
     def _drop_connection(self) -> None:
         self._connected.clear()
@@ -175,7 +169,7 @@ class PubSubLink:
             reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=ctx)
         if ep.password is not None:
             auth = ("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password)
-            writer.write(_pack(*auth))
+            writer.write(pack_command(auth))
             parser = hiredis.Reader()
             while (reply := parser.gets()) is False:
                 chunk = await reader.read(4096)

@@ -126,6 +126,7 @@ class RedisBackend:
             handle.cancel()
         for link in self._links.values():
             await link.close()
+        await self.state.batch.aclose()
         await self.client.aclose()
 
     async def ready(self) -> bool:

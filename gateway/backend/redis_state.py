@@ -15,7 +15,7 @@ import orjson
 
 from gateway.backend import scripts
 from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
-from gateway.backend.batch import PipelineBatcher
+from gateway.backend.batch import make_batcher
 from gateway.backend.keys import Keys
 
 log = logging.getLogger("gateway.redis")
@@ -35,7 +35,7 @@ class RedisState:
         self.client = client
         self.keys = keys
         self.cluster = cluster
-        self.batch = PipelineBatcher(client)
+        self.batch = make_batcher(client)
         self.node_lease_ms = int(node_lease_s * 1000)
 
     # --- connections and memberships ---------------------------------------------------------

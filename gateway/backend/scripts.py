@@ -52,6 +52,11 @@ async def execute(pipe: Any, client: Any, *, raise_on_error: bool = True) -> lis
 _by_sha: dict[str, LuaScript] = {}
 
 
+def by_sha(sha: str) -> LuaScript:
+    """A script loaded by ``load`` (KeyError for one this process never loaded)."""
+    return _by_sha[sha]
+
+
 @cache
 def load(name: str) -> LuaScript:
     source = resources.files("gateway.backend").joinpath("lua", f"{name}.lua").read_text("utf-8")
