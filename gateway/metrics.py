@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.process_collector import ProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _cached_labels(self: Any, *values: str) -> Any:
+    """``labels()`` remembered per label values: prometheus_client validates and locks on every
+    call (~2 µs), and the connect path asks for about ten children. Children are never removed
+    here, so a remembered one stays the registered one."""
+    children: dict[tuple[str, ...], Any] = self.__dict__.setdefault("_cached_children", {})
+    child = children.get(values)
+    if child is None:
+        child = children[values] = MetricWrapperBase.labels(self, *values)
+    return child
+
+
+class Counter(prometheus_client.Counter):
+    labels = _cached_labels  # type: ignore[assignment]
+
+
+class Gauge(prometheus_client.Gauge):
+    labels = _cached_labels  # type: ignore[assignment]
 
 
 class Metrics:

@@ -138,8 +138,11 @@ class _BusinessPayload(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+MAX_TOKEN_CHARS = 4096
+
+
 class AuthenticatePayload(_Payload):
-    token: StrictStr = Field(min_length=1, max_length=4096)
+    token: StrictStr = Field(min_length=1, max_length=MAX_TOKEN_CHARS)
     userId: IdStr | None = None
     role: Role | None = None
 
