@@ -123,7 +123,10 @@ class DjangoClient:
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=60, enable_cleanup_closed=True)
+        # cleanup of closed connections is a workaround for TLS peers that never finish their
+        # shutdown (a 2 s timer of its own): only worth it for https
+        tls = self.base_url.startswith("https:")
+        connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=60, enable_cleanup_closed=tls)
         self._http = aiohttp.ClientSession(
             connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
         )

@@ -95,6 +95,10 @@ class Node:
         self.draining = False
         self.backend_ok = True
         self.started_at = time.time()
+        # connections by role and the sum of their start times (since ours, so the float stays
+        # small and exact enough), kept as connections come and go
+        self.by_role: Counter[str] = Counter()
+        self._connected_at_sum = 0.0
         self.frames_in = 0
         self.frames_out = 0
         self._auth_timers: dict[Session, asyncio.TimerHandle] = {}
@@ -185,6 +189,8 @@ class Node:
             burst=self.settings.rate_burst,
         )
         self.sessions[session.id] = session
+        self.by_role["anonymous"] += 1
+        self._connected_at_sum += session.connected_at - self.started_at
         self.by_ip[ip] += 1
         self.metrics.connects.labels(transport.kind).inc()
         self.metrics.connections.labels("anonymous", transport.kind).inc()
@@ -220,6 +226,8 @@ class Node:
         if self.by_ip[session.ip] <= 0:
             del self.by_ip[session.ip]
         role = session.identity.role if session.identity else "anonymous"
+        self.by_role[role] -= 1
+        self._connected_at_sum -= session.connected_at - self.started_at
         self.metrics.connections.labels(role, session.transport.kind).dec()
         self.metrics.disconnects.labels(str(code or 1006)).inc()
         rooms = list(session.rooms)
@@ -353,6 +361,8 @@ class Node:
         )
         self.by_user[identity.user_id].append(session)
         kind = session.transport.kind
+        self.by_role["anonymous"] -= 1
+        self.by_role[identity.role] += 1
         self.metrics.connections.labels("anonymous", kind).dec()
         self.metrics.connections.labels(identity.role, kind).inc()
         try:
@@ -572,23 +582,22 @@ class Node:
 
     # --- periodic work ------------------------------------------------------------------------
     def stats(self) -> NodeStats:
-        by_role: Counter[str] = Counter()
+        """O(1): counts are kept as connections come and go (this runs every heartbeat)."""
         now = time.time()
-        total_age = 0.0
-        for s in self.sessions.values():
-            by_role[s.identity.role if s.identity else "anonymous"] += 1
-            total_age += now - s.connected_at
+        connections = len(self.sessions)
         return NodeStats(
             node=self.node_id,
-            connections=len(self.sessions),
-            by_role=dict(by_role),
+            connections=connections,
+            by_role={role: n for role, n in self.by_role.items() if n > 0},
             rooms=len(self.hub.rooms),
             rss_bytes=rss_bytes(),
             uptime_s=now - self.started_at,
             started_at_ms=int(self.started_at * 1000),
             frames_in=self.frames_in,
             frames_out=self.frames_out + self.hub.deliveries,
-            connection_seconds_sum=total_age,
+            connection_seconds_sum=max(
+                0.0, connections * (now - self.started_at) - self._connected_at_sum
+            ),
             django=self.django.probe.as_dict(),
             ready=not self.draining and self.backend_ok,
         )

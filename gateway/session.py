@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -26,6 +25,10 @@ if TYPE_CHECKING:
 # Below this many bytes in the transport's own buffer we hand it more; above it we hold frames
 # in our queue so that, on overflow, we can drop them and still send the close frame promptly.
 TRANSPORT_HIGH_WATER = 256 * 1024
+# A frame larger than this (a publication near the 1 MiB body cap, say) may overshoot the
+# high-water mark by more; the overflow check then starts counting from the first such frame.
+MAX_FRAME_BYTES = 64 * 1024
+OVERFLOW_MARGIN = TRANSPORT_HIGH_WATER + MAX_FRAME_BYTES
 RETRY_FLUSH_S = 0.005  # a backpressured socket is retried this often (only while it is)
 
 
@@ -114,7 +117,7 @@ class Session:
         self.connected_at = time.time()
         self.closed = False
         self.close_code: int | None = None  # the code this side closed with, if it did
-        self._out: deque[bytes] | None = None
+        self._out: list[bytes] | None = None  # frames not yet handed to the transport
         self._out_bytes = 0
         self._retry_handle: asyncio.TimerHandle | None = None
 
@@ -135,41 +138,49 @@ class Session:
     def enqueue(self, wire: bytes) -> None:
         if self.closed:
             return
-        if self._out is None:
-            self._out = deque()
-        if not self._out:
+        out = self._out
+        if out is None:
+            self._out = [wire]
             self._outbox.mark(self)
-        self._out.append(wire)
-        self._out_bytes += len(wire)
-        if self._out_bytes + self.transport.buffer_size() > self.max_queue_bytes:
+        else:
+            out.append(wire)
+        queued = self._out_bytes = self._out_bytes + len(wire)
+        # The transport's buffer stays under TRANSPORT_HIGH_WATER plus a frame, so it is asked (a
+        # call per frame on the fan-out path) only once our own queue comes that close.
+        limit = self.max_queue_bytes
+        if queued + OVERFLOW_MARGIN > limit and queued + self.transport.buffer_size() > limit:
             self._outbox.overflowed(self)
             self.close(CloseCode.SLOW_CONSUMER, "send queue overflow: client too slow")
 
     def flush(self) -> None:
         """Hand queued frames to the transport in one write, as far as it takes them."""
         out = self._out
-        if self.closed or not out:
+        if out is None or self.closed:
             return
         room = TRANSPORT_HIGH_WATER - self.transport.buffer_size()
         if room <= 0:
             self._retry_later()
             return
         if len(out) == 1:
-            chunk = out.popleft()
+            chunk = out[0]
+            self._out = None  # idle connections keep no queue object (memory per connection)
         else:
-            parts = []
-            size = 0
-            while out and size < room:
-                part = out.popleft()
-                parts.append(part)
+            size = n = 0
+            for part in out:
                 size += len(part)
-            chunk = b"".join(parts)
+                n += 1
+                if size >= room:
+                    break
+            if n == len(out):
+                chunk = b"".join(out)
+                self._out = None
+            else:
+                chunk = b"".join(out[:n])
+                del out[:n]
         self._out_bytes -= len(chunk)
         self.transport.write(chunk)
-        if out:
+        if self._out is not None:
             self._retry_later()
-        else:
-            self._out = None  # idle connections keep no queue object (memory per connection)
 
     def _retry_later(self) -> None:
         if self._retry_handle is None:

@@ -13,6 +13,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True  # restart on the same port at once
+    # socketserver's listen backlog is 5: a burst of token checks (a connect storm in the
+    # benchmarks) overflowed it, and the dropped SYNs came back after 1, 3, 7 s... long enough
+    # for the gateway's authentication deadline (4408). Production servers use ~2048.
+    request_queue_size = 2048
 
 
 class Handler(WSGIRequestHandler):
