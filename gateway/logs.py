@@ -42,12 +42,15 @@ class JsonFormatter(logging.Formatter):
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Lines logged while an event loop runs are written together, at most ``FLUSH_S`` later.
+    """At most one ``write()`` per ``FLUSH_S`` while lines come in bursts; a line after a quiet
+    spell is written at once.
 
     A node logs a line per connection and per disconnect; a ``write()`` per line was ~10 % of a
-    connect's CPU in a connect storm. Lines at WARNING and above, and lines logged outside a
-    running loop (start-up, shutdown, other threads), are written at once, after what was
-    buffered before them, so order is kept. ``flush()`` (at exit too) writes what is left.
+    connect's CPU in a connect storm. A line that follows another by less than ``FLUSH_S`` waits
+    for the end of that window (at most ``FLUSH_S``) and goes out with the rest of the burst.
+    Lines at WARNING and above, and lines logged outside a running loop (start-up, shutdown,
+    other threads), are written at once, after what was buffered before them, so order is kept.
+    ``flush()`` (at exit too) writes what is left.
     """
 
     FLUSH_S = 0.02
@@ -57,27 +60,33 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._buffer: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
-        except Exception:
+        except Exception:  # logging must not raise; handleError reports it
             self.handleError(record)
             return
         self._buffer.append(line)
-        if record.levelno >= logging.WARNING or len(self._buffer) >= self.MAX_BUFFERED:
+        if self._timer is not None and len(self._buffer) < self.MAX_BUFFERED:
+            if record.levelno >= logging.WARNING:
+                self._write()
+            return  # the window's timer writes it
+        wait = self._last_write + self.FLUSH_S - time.monotonic()
+        if record.levelno >= logging.WARNING or wait <= 0 or self._timer is not None:
             self._write()
             return
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write()
-                return
-            self._timer = loop.call_later(self.FLUSH_S, self._on_timer)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write()
+            return
+        self._timer = loop.call_later(wait, self._on_timer)
 
     def _on_timer(self) -> None:
         with self.lock or contextlib.nullcontext():
+            self._timer = None
             self._write()
 
     def _write(self) -> None:
@@ -88,10 +97,11 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         data = "".join(self._buffer)
         self._buffer.clear()
+        self._last_write = time.monotonic()
         try:
             self.stream.write(data)
             self.stream.flush()
-        except Exception:
+        except Exception:  # e.g. a closed pipe: nowhere left to say it
             pass
 
     def flush(self) -> None:

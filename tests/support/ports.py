@@ -69,17 +69,21 @@ def http_status_or_none(url: str, timeout_s: float = 1.0) -> int | None:
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
-) -> None:
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.02,
+) -> float:
     """``wait_until`` for async tests: poll ``predicate`` (sync or async) until it is true;
-    fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
+    fail naming ``what``. Returns the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
         result = predicate()
         if not isinstance(result, bool):
             result = await result
         if result:
-            return
+            return time.monotonic() - started
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(interval_s)

@@ -34,14 +34,17 @@ async def test_lines_of_a_burst_are_written_together_and_warnings_at_once() -> N
     logger, stream, _ = make_logger("test.buffered.burst")
     for i in range(100):
         logger.info("connection %d authenticated", i)
-    assert stream.getvalue() == ""  # not yet: one write for the burst
+    # the first line after a quiet spell at once; the rest of the burst in one write after it
+    assert stream.getvalue() == "INFO connection 0 authenticated\n"
     await asyncio.sleep(BufferedStreamHandler.FLUSH_S * 3)
-    assert stream.writes == 1
+    assert stream.writes == 2
     assert stream.getvalue().splitlines() == [
         f"INFO connection {i} authenticated" for i in range(100)
     ]
 
-    logger.info("before")
+    logger.info("quiet spell over: at once")
+    logger.info("before")  # within the window: held
+    assert stream.getvalue().splitlines()[-1] == "INFO quiet spell over: at once"
     logger.warning("backend unreachable")  # written at once, after what came before it
     assert stream.getvalue().splitlines()[-2:] == ["INFO before", "WARNING backend unreachable"]
 
@@ -54,6 +57,8 @@ def test_outside_a_running_loop_lines_are_written_at_once() -> None:
 
 async def test_flush_writes_what_is_buffered() -> None:
     logger, stream, handler = make_logger("test.buffered.flush")
+    logger.info("first")
     logger.info("last words")
+    assert stream.getvalue() == "INFO first\n"
     handler.flush()  # what logging.shutdown() does at exit
-    assert stream.getvalue() == "INFO last words\n"
+    assert stream.getvalue() == "INFO first\nINFO last words\n"

@@ -1,10 +1,8 @@
-"""Small helpers of the worker tests: polling, metrics, and reading what the worker wrote."""
+"""Small helpers of the worker tests: metrics, and reading what the worker wrote (polling:
+``tests.support.ports.eventually``)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,18 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.backend.keys import Keys
 
 KEYS = Keys("gateway")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, interval_s: float = 0.05
-) -> float:
-    """Poll ``check`` until it is true; returns the seconds it took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(interval_s)
-    return time.monotonic() - started
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -8,8 +8,9 @@ import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from tests.support import RedisCluster
+from tests.support.ports import eventually
 from tests.worker.conftest import StartWorker, worker_url
-from tests.worker.helpers import KEYS, eventually, scrape, value
+from tests.worker.helpers import KEYS, scrape, value
 
 pytestmark = pytest.mark.cluster
 

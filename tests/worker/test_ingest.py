@@ -10,11 +10,11 @@ from prometheus_client import generate_latest
 
 from gateway.publish import AsyncPublisher
 from tests.support import RedisServer
+from tests.support.ports import eventually
 from tests.worker.conftest import StartWorker, worker_url
 from tests.worker.helpers import (
     KEYS,
     add_entries,
-    eventually,
     history_numbers,
     parse_metrics,
     pending_by_consumer,

@@ -11,9 +11,10 @@ import pytest
 
 from gateway.backend.keys import Keys
 from tests.support import GatewayProcess, ProcessFactory, RedisServer
+from tests.support.ports import eventually
 from tests.support.wsclient import WsClient
 from tests.worker.conftest import StartWorker, worker_url
-from tests.worker.helpers import eventually, scrape, value
+from tests.worker.helpers import scrape, value
 from worker import janitor as janitor_module
 from worker.janitor import Janitor
 from worker.leases import Lease, LeaseLost, run_under_lease

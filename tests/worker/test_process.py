@@ -14,8 +14,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ProcessFactory, RedisServer, WorkerProcess
+from tests.support.ports import eventually
 from tests.support.processes import child_env
-from tests.worker.helpers import KEYS, eventually, parse_metrics, value
+from tests.worker.helpers import KEYS, parse_metrics, value
 
 NEEDS_REDIS = (
     "gateway-worker: the worker needs GATEWAY_REDIS_URL; in embedded mode the node runs the "

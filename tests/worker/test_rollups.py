@@ -8,8 +8,9 @@ from typing import Any
 
 from gateway.publish import AsyncPublisher
 from tests.support import RedisServer
+from tests.support.ports import eventually
 from tests.worker.conftest import StartWorker, worker_url
-from tests.worker.helpers import KEYS, eventually, scrape, value
+from tests.worker.helpers import KEYS, scrape, value
 from worker.metrics import WorkerMetrics
 from worker.rollups import Rollups
 
