@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ from gateway.config import Settings
 from gateway.djangoapi import DjangoClient
 from gateway.metrics import Metrics
 from gateway.node import Node
-from gateway.ws import handle_ws
+from gateway.ws import handle_ws, ping_rounds
 
 log = logging.getLogger("gateway.app")
 
@@ -98,6 +100,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     _add_socketio(app, node)
     app.middlewares.append(cors_middleware(settings.cors_origins))
     app.cleanup_ctx.append(_lifecycle(node))
+    app.cleanup_ctx.append(_ping_rounds(node))
 
     async def close_sockets(app: web.Application) -> None:
         # aiohttp waits for open WebSocket handlers before cleanup: close them first (1001)
@@ -113,6 +116,17 @@ def _add_socketio(app: web.Application, node: Node) -> None:
     except ImportError:  # transport not installed in this build
         return
     add_routes(app, node)
+
+
+def _ping_rounds(node: Node):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(ping_rounds(node, node.settings.ws_heartbeat_s), name="pings")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 def _lifecycle(node: Node):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from gateway.backend.base import Publication
 from gateway.closecodes import CloseCode, ErrorCode
 from gateway.node import Node
 from gateway.protocol import FrameId, ProtocolError
-from gateway.wsframes import ServerClose, ws_frame
+from gateway.wsframes import OPCODE_PING, OPCODE_PONG, ServerClose, ws_frame
 
 log = logging.getLogger("gateway.ws")
 
@@ -26,14 +26,19 @@ def encode_native(event: str, data_json: bytes, frame_id: FrameId | None) -> byt
     return head + data_json + b',"id":' + orjson.dumps(frame_id) + b"}"
 
 
+PING_FRAME = ws_frame(b"", OPCODE_PING)
+
+
 class WsTransport:
     kind = "ws"
-    __slots__ = ("_transport", "closer", "ws")
+    __slots__ = ("_transport", "closer", "pinged", "seen", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.ws = ws
         self._transport = transport
         self.closer: ServerClose | None = None  # made when the connection starts to close
+        self.seen = True  # a frame came from the client since the last ping round
+        self.pinged = False  # a ping went out and nothing came back yet
 
     def encode(self, event: str, data_json: bytes, frame_id: FrameId | None) -> bytes:
         return ws_frame(encode_native(event, data_json, frame_id))
@@ -54,10 +59,42 @@ class WsTransport:
             self.closer = ServerClose(self._transport)
             self.closer.start(code, reason)
 
+    def abort(self) -> None:
+        """Drop the connection without a close handshake (the peer stopped answering)."""
+        self._transport.abort()
+
     def peer_closed(self, code: int | None) -> None:
         if self.closer is None:
             self.closer = ServerClose(self._transport)
         self.closer.peer_closed(code)
+
+
+async def ping_rounds(node: Node, interval_s: float) -> None:
+    """WebSocket pings for every ``/ws`` connection of the node, from one task (Socket.IO has its
+    own heartbeat). Every ``interval_s / 2`` a round looks at each connection once: one that
+    sent anything since the last round (a pong included) is alive; a silent one gets a ping (the
+    same prebuilt frame for all); one still silent a round after its ping is dropped. So an idle
+    client is pinged every ``interval_s`` and a dead one dropped ``interval_s`` to 1.5 times
+    ``interval_s`` after its last frame, with no timer per connection (aiohttp's own heartbeat
+    keeps two and a task per ping)."""
+    half = interval_s / 2
+    while True:
+        await asyncio.sleep(half)
+        dropped = 0
+        for session in list(node.sessions.values()):
+            transport = session.transport
+            if not isinstance(transport, WsTransport) or session.closed:
+                continue
+            if transport.seen:
+                transport.seen = transport.pinged = False
+            elif transport.pinged:
+                transport.abort()
+                dropped += 1
+            else:
+                transport.pinged = True
+                transport.write(PING_FRAME)
+        if dropped:
+            log.info("dropped %d connections that did not answer pings", dropped)
 
 
 def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
@@ -118,8 +155,7 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_message_bytes + 1,  # aiohttp refuses len == max_msg_size
         compress=False,
-        heartbeat=settings.ws_heartbeat_s,
-        autoping=True,
+        autoping=False,  # pings and pongs are ours: ping_rounds, one task for every connection
         autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
     )
     await ws.prepare(request)
@@ -136,6 +172,7 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
             await node.authenticate_with(session, token)
         while True:
             msg = await ws.receive()
+            transport.seen = True  # alive, whatever it sent (ping_rounds)
             if msg.type is WSMsgType.TEXT:
                 if not session.closed:  # closing: read on to the client's close frame
                     await node.handle(session, msg.data)
@@ -143,6 +180,10 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
                 if not session.closed:
                     error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
                     node.reply_error(session, error, None)
+            elif msg.type is WSMsgType.PING:
+                transport.write(ws_frame(bytes(msg.data), OPCODE_PONG))  # the same payload back
+            elif msg.type is WSMsgType.PONG:
+                pass
             elif msg.type is WSMsgType.CLOSE:
                 transport.peer_closed(msg.data)
                 break

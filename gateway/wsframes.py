@@ -21,6 +21,8 @@ import asyncio
 
 OPCODE_TEXT = 0x1
 OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
 CLOSE_TIMEOUT_S = 5.0  # for the client's close frame once ours is sent
 MAX_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, the code takes 2
 NORMAL_CLOSURE = 1000

@@ -219,6 +219,30 @@ async def test_client_that_stops_answering_pings_is_dropped(node_with: Any, http
     await alive.close()
 
 
+async def test_pings_are_answered_and_an_idle_client_that_answers_stays(
+    node_with: Any, http: Any
+) -> None:
+    node = await node_with(ws_heartbeat_s=0.4)
+    ws = await http.ws_connect(node.ws_url, autoping=False)
+    await ws.send_str(
+        orjson.dumps({"event": "authenticate", "data": {"token": "cliente-3"}}).decode()
+    )
+    assert orjson.loads((await ws.receive(timeout=5)).data)["event"] == "auth_success"
+    await ws.ping(b"are you there")
+    pongs, pings = [], 0
+    async with asyncio.timeout(5):
+        while pings < 3:  # three rounds of silence, each ping answered by hand
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.PONG:
+                pongs.append(msg.data)
+            elif msg.type is aiohttp.WSMsgType.PING:
+                pings += 1
+                await ws.pong(msg.data)
+    assert pongs == [b"are you there"]  # the client's ping, answered with its payload
+    assert not ws.closed and len(node.node.sessions) == 1
+    await ws.close()
+
+
 # --- hostile tokens -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "token",
