@@ -35,36 +35,40 @@ log = logging.getLogger("gateway.redis")
 Waiters = list[tuple[int, int, "asyncio.Future[list[Any]]"]]
 
 
-class PipelineBatcher:
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self._pipe: Any = None
+class _GroupCommit:
+    """What both share: the commands queued in one loop turn go out together, and each caller
+    gets its own commands' results."""
+
+    def __init__(self) -> None:
+        self._buffer: Any = None
         self._waiters: Waiters = []
         self.flushes = 0
 
     async def run(self, queue: Callable[[Any], object]) -> list[Any]:
-        """``queue(pipe)`` adds commands; returns their results once the shared pipeline ran.
-        An error in one's own commands is raised; others' errors are theirs."""
+        """``queue(buffer)`` adds commands; returns their results once the shared round trip
+        ran. An error in one's own commands is raised; others' errors are theirs."""
         loop = asyncio.get_running_loop()
-        if self._pipe is None:
-            self._pipe = self.client.pipeline(transaction=False)
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = self._new_buffer()
             self._waiters = []
             loop.call_soon(self._flush_soon)
-        start = len(self._pipe.command_stack)
-        queue(self._pipe)
+        start = self._size(buffer)
+        queue(buffer)
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiters.append((start, len(self._pipe.command_stack), fut))
+        self._waiters.append((start, self._size(buffer), fut))
         return await fut
 
     def _flush_soon(self) -> None:
-        pipe, waiters = self._pipe, self._waiters
-        self._pipe, self._waiters = None, []
-        asyncio.get_running_loop().create_task(self._flush(pipe, waiters))
+        buffer, waiters = self._buffer, self._waiters
+        self._buffer, self._waiters = None, []
+        if buffer is not None:
+            asyncio.get_running_loop().create_task(self._flush(buffer, waiters))
 
-    async def _flush(self, pipe: Any, waiters: Waiters) -> None:
+    async def _flush(self, buffer: Any, waiters: Waiters) -> None:
         self.flushes += 1
         try:
-            results = await scripts.execute(pipe, self.client, raise_on_error=False)
+            results = await self._execute(buffer)
         except BaseException as exc:
             _fail(waiters, exc)
             if not isinstance(exc, Exception):
@@ -72,8 +76,32 @@ class PipelineBatcher:
             return
         _deliver(waiters, results)
 
+    def _new_buffer(self) -> Any:
+        raise NotImplementedError
+
+    def _size(self, buffer: Any) -> int:
+        raise NotImplementedError
+
+    async def _execute(self, buffer: Any) -> list[Any]:
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         pass
+
+
+class PipelineBatcher(_GroupCommit):
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+
+    def _new_buffer(self) -> Any:
+        return self.client.pipeline(transaction=False)
+
+    def _size(self, buffer: Any) -> int:
+        return len(buffer.command_stack)
+
+    async def _execute(self, buffer: Any) -> list[Any]:
+        return await scripts.execute(buffer, self.client, raise_on_error=False)
 
 
 def _fail(waiters: Waiters, exc: BaseException) -> None:
@@ -228,7 +256,7 @@ class _Link:
             await self.task
 
 
-class RespBatcher:
+class RespBatcher(_GroupCommit):
     """Group commit on our own Redis connection (see the module's docstring)."""
 
     def __init__(
@@ -243,15 +271,13 @@ class RespBatcher:
         password: str | None = None,
         timeout_s: float = 5.0,
     ) -> None:
+        super().__init__()
         self.client = client  # redis-py: loads scripts Redis has lost (NOSCRIPT)
         self._address = (host, port, path)
         self._hello = self._setup_commands(db, username, password)
         self._timeout_s = timeout_s
-        self._buffer: CommandBuffer | None = None
-        self._waiters: Waiters = []
         self._link: _Link | None = None
         self._opening: asyncio.Task[_Link] | None = None
-        self.flushes = 0
 
     @staticmethod
     def _setup_commands(
@@ -264,44 +290,23 @@ class RespBatcher:
             commands.append(("SELECT", db))
         return commands
 
-    async def run(self, queue: Callable[[Any], object]) -> list[Any]:
-        """``queue(buffer)`` adds commands; returns their results once the shared round trip
-        ran. An error in one's own commands is raised; others' errors are theirs."""
-        loop = asyncio.get_running_loop()
-        buffer = self._buffer
-        if buffer is None:
-            buffer = self._buffer = CommandBuffer()
-            self._waiters = []
-            loop.call_soon(self._flush_soon)
-        start = len(buffer.commands)
-        queue(buffer)
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiters.append((start, len(buffer.commands), fut))
-        return await fut
+    def _new_buffer(self) -> CommandBuffer:
+        return CommandBuffer()
 
-    def _flush_soon(self) -> None:
-        buffer, waiters = self._buffer, self._waiters
-        self._buffer, self._waiters = None, []
-        if buffer is not None:
-            asyncio.get_running_loop().create_task(self._flush(buffer.commands, waiters))
+    def _size(self, buffer: Any) -> int:
+        return len(buffer.commands)
 
-    async def _flush(self, commands: list[tuple[Any, ...]], waiters: Waiters) -> None:
-        self.flushes += 1
+    async def _execute(self, buffer: Any) -> list[Any]:
+        commands = buffer.commands
         try:
             async with asyncio.timeout(self._timeout_s):
                 link = await self._connected()
                 results = await link.send(commands)
-                results = await self._rerun_lost_scripts(commands, results)
+                return await self._rerun_lost_scripts(commands, results)
         except TimeoutError:
-            self._drop(RedisTimeoutError("Redis did not answer in time"))
-            _fail(waiters, RedisTimeoutError("Redis did not answer in time"))
-            return
-        except BaseException as exc:
-            _fail(waiters, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        _deliver(waiters, results)
+            error = RedisTimeoutError("Redis did not answer in time")
+            self._drop(error)
+            raise error from None
 
     async def _rerun_lost_scripts(
         self, commands: Sequence[tuple[Any, ...]], results: list[Any]

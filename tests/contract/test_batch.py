@@ -33,17 +33,17 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Any]:
     await c.aclose()
 
 
-@pytest.fixture
-async def batcher(client: Any) -> AsyncIterator[RespBatcher]:
-    b = make_batcher(client)
-    assert isinstance(b, RespBatcher)  # plain TCP: our own connection
+@pytest.fixture(params=["resp", "pipeline"])
+async def batcher(client: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Both implementations, one API: our own connection (plain TCP) and redis-py's pipeline
+    (what TLS clients get)."""
+    b = make_batcher(client) if request.param == "resp" else PipelineBatcher(client)
+    assert isinstance(b, RespBatcher if request.param == "resp" else PipelineBatcher)
     yield b
     await b.aclose()
 
 
-async def test_commands_of_one_loop_turn_share_one_round_trip(
-    batcher: RespBatcher, client: Any
-) -> None:
+async def test_commands_of_one_loop_turn_share_one_round_trip(batcher: Any, client: Any) -> None:
     async def add(i: int) -> list[Any]:
         def queue(buf: Any) -> None:
             buf.sadd("s", f"m{i}")
@@ -62,7 +62,7 @@ async def test_commands_of_one_loop_turn_share_one_round_trip(
     ]
 
 
-async def test_an_error_is_raised_to_its_own_caller_only(batcher: RespBatcher, client: Any) -> None:
+async def test_an_error_is_raised_to_its_own_caller_only(batcher: Any, client: Any) -> None:
     await client.set("str", "x")
     good = batcher.run(lambda buf: buf.sadd("set", "a"))
     bad = batcher.run(lambda buf: (buf.sadd("other", "a"), buf.sadd("str", "a")))
@@ -72,9 +72,7 @@ async def test_an_error_is_raised_to_its_own_caller_only(batcher: RespBatcher, c
     assert await client.sismember("other", "a")  # the commands before it did run
 
 
-async def test_a_script_redis_lost_is_run_again_with_its_source(
-    batcher: RespBatcher, client: Any
-) -> None:
+async def test_a_script_redis_lost_is_run_again_with_its_source(batcher: Any, client: Any) -> None:
     script = scripts.load(scripts.ROOM_COUNT)
     await client.script_load(script.source)
     await client.script_flush()  # as after a restart
@@ -84,7 +82,7 @@ async def test_a_script_redis_lost_is_run_again_with_its_source(
 
 
 async def test_a_lost_connection_fails_the_round_trip_then_reconnects(
-    redis_server: RedisServer, batcher: RespBatcher
+    redis_server: RedisServer, batcher: Any
 ) -> None:
     assert await batcher.run(lambda buf: buf.sadd("s", "a")) == [1]
     redis_server.kill()
