@@ -206,3 +206,13 @@ def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None
 async def node(backend_url: str | None, make_node: Any) -> Any:
     """One running node on the backend of ``backend_kind`` (a fresh redis-server for Redis)."""
     return await make_node(backend_url)
+
+
+@pytest.fixture
+def node_with(backend_url: str | None, make_node: Any) -> Any:
+    """``await node_with(**settings)``: a node on this test's backend with setting overrides."""
+
+    async def start(**overrides: Any) -> Any:
+        return await make_node(backend_url, **overrides)
+
+    return start

@@ -11,28 +11,6 @@ import pytest
 
 from tests.support import DjangoSite
 
-
-@pytest.fixture
-def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
-    """Redis URL for the redis param (set up before any node, so nodes stop before Redis)."""
-    return request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
-
-
-@pytest.fixture
-async def node(backend_url: str | None, make_node: Any) -> Any:
-    return await make_node(backend_url)
-
-
-@pytest.fixture
-def node_with(backend_url: str | None, make_node: Any) -> Any:
-    """``await node_with(**settings)``: a node on this test's backend with setting overrides."""
-
-    async def start(**overrides: Any) -> Any:
-        return await make_node(backend_url, **overrides)
-
-    return start
-
-
 RESERVATION = {"clienteId": "5", "proveedorId": "7", "servicioId": "3", "fecha": "2031-05-04"}
 ACCEPTED = {"reservationId": "11", "clienteId": "5", "proveedorId": "7", "servicioId": "3"}
 PAYMENT = {"clienteId": "5", "proveedorId": "7", "amount": "25.00", "currency": "EUR"}

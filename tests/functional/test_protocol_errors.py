@@ -12,28 +12,6 @@ import pytest
 
 from tests.support import DjangoSite
 
-
-@pytest.fixture
-def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
-    """Redis URL for the redis param (set up before any node, so nodes stop before Redis)."""
-    return request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
-
-
-@pytest.fixture
-async def node(backend_url: str | None, make_node: Any) -> Any:
-    return await make_node(backend_url)
-
-
-@pytest.fixture
-def node_with(backend_url: str | None, make_node: Any) -> Any:
-    """``await node_with(**settings)``: a node on this test's backend with setting overrides."""
-
-    async def start(**overrides: Any) -> Any:
-        return await make_node(backend_url, **overrides)
-
-    return start
-
-
 MALFORMED = [
     "not json",
     "{",

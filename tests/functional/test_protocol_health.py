@@ -6,20 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 from tests.support import RedisServer
-
-
-@pytest.fixture
-def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
-    """Redis URL for the redis param (set up before any node, so nodes stop before Redis)."""
-    return request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
-
-
-@pytest.fixture
-async def node(backend_url: str | None, make_node: Any) -> Any:
-    return await make_node(backend_url)
 
 
 async def status_of(http: Any, url: str) -> tuple[int, Any]:

@@ -26,27 +26,6 @@ def engine_url(node: RunningNode, query: str = SIO_QUERY) -> str:
 
 
 @pytest.fixture
-def backend_url(backend_kind: str, request: pytest.FixtureRequest) -> str | None:
-    """Redis URL for the redis param (set up before any node, so nodes stop before Redis)."""
-    return request.getfixturevalue("redis_server").url if backend_kind == "redis" else None
-
-
-@pytest.fixture
-async def node(backend_url: str | None, make_node: Any) -> Any:
-    return await make_node(backend_url)
-
-
-@pytest.fixture
-def node_with(backend_url: str | None, make_node: Any) -> Any:
-    """``await node_with(**settings)``: a node on this test's backend with setting overrides."""
-
-    async def start(**overrides: Any) -> Any:
-        return await make_node(backend_url, **overrides)
-
-    return start
-
-
-@pytest.fixture
 async def sio(make_node: Any) -> AsyncIterator[Any]:
     """``await sio(node_or_url, token=None, **options)`` starts the real socket.io-client:
     ``io(url, {transports: ["websocket"], auth: {token}, ...options})``. Every driver is closed
