@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 # Below this many bytes in the transport's own buffer we hand it more; above it we hold frames
 # in our queue so that, on overflow, we can drop them and still send the close frame promptly.
 TRANSPORT_HIGH_WATER = 256 * 1024
-# A frame larger than this (a publication near the 1 MiB body cap, say) may overshoot the
-# high-water mark by more; the overflow check then starts counting from the first such frame.
+# The transport's buffer holds at most TRANSPORT_HIGH_WATER plus the last chunk written, so
+# below OVERFLOW_MARGIN of the limit our own queue cannot overflow and enqueue skips asking the
+# transport. Frames larger than this (large publications) can make the real total pass the limit
+# by their excess before the check starts; the limit stays a bound, just a looser one for them.
 MAX_FRAME_BYTES = 64 * 1024
 OVERFLOW_MARGIN = TRANSPORT_HIGH_WATER + MAX_FRAME_BYTES
 RETRY_FLUSH_S = 0.005  # a backpressured socket is retried this often (only while it is)
