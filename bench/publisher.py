@@ -73,6 +73,19 @@ def schedule(cfg: dict[str, Any]) -> Iterator[tuple[int, str]]:
             yield seq, room
 
 
+def summary(
+    published: int, start_us: int, errors: int = 0, first_error: str | None = None
+) -> dict[str, Any]:
+    """What every method reports: counts, the first error, and the publishing window."""
+    return {
+        "published": published,
+        "start_us": start_us,
+        "end_us": now_us(),
+        "errors": errors,
+        "first_error": first_error,
+    }
+
+
 def run_sync(cfg: dict[str, Any], publish: Callable[[str, int], object]) -> dict[str, Any]:
     published, errors, first_error = 0, 0, None
     go()
@@ -84,13 +97,7 @@ def run_sync(cfg: dict[str, Any], publish: Callable[[str, int], object]) -> dict
         except Exception as exc:
             errors += 1
             first_error = first_error or f"{type(exc).__name__}: {exc}"
-    return {
-        "published": published,
-        "start_us": start,
-        "end_us": now_us(),
-        "errors": errors,
-        "first_error": first_error,
-    }
+    return summary(published, start, errors, first_error)
 
 
 def redis_publish(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -135,13 +142,7 @@ def ingest(cfg: dict[str, Any]) -> dict[str, Any]:
         published += len(pipe.execute())
     finally:
         client.close()
-    return {
-        "published": published,
-        "start_us": start,
-        "end_us": now_us(),
-        "errors": 0,
-        "first_error": None,
-    }
+    return summary(published, start)
 
 
 async def api(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -198,13 +199,7 @@ async def channels(cfg: dict[str, Any]) -> dict[str, Any]:
             except Exception as exc:
                 errors += 1
                 first_error = first_error or f"{type(exc).__name__}: {exc}"
-    return {
-        "published": published,
-        "start_us": start,
-        "end_us": now_us(),
-        "errors": errors,
-        "first_error": first_error,
-    }
+    return summary(published, start, errors, first_error)
 
 
 METHODS: dict[str, Callable[[dict[str, Any]], Any]] = {

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.publish import AsyncPublisher
 from tests.dashboard.support import api_publish, dash_get, poll
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.support.nodes import DASHBOARD, RunningNode
 from tests.support.ports import REPO_ROOT
 from tests.support.redis_server import RedisServer
@@ -25,15 +26,6 @@ from tests.support.wsclient import WsClient
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 
 # (node index, token, rooms to join): eight connections of three roles on two nodes

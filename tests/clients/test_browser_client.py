@@ -14,16 +14,8 @@ import pytest
 
 from gateway.publish import AsyncPublisher
 from tests.clients.conftest import cluster_env, offsets, seqs
+from tests.support.chromium import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROOM = "service_21"
 WAIT_MS = 15_000
 
