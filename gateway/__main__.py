@@ -39,9 +39,10 @@ def tune_gc() -> None:
 
 async def serve(settings: Settings) -> None:
     from gateway.app import NODE, create_app
+    from gateway.wsconn import GatewayRunner
 
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False)
+    runner = GatewayRunner(app, access_log_class=AccessLogger, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
     try:

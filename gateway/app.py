@@ -22,6 +22,7 @@ from gateway.djangoapi import DjangoClient
 from gateway.metrics import Metrics
 from gateway.node import Node
 from gateway.ws import handle_ws, ping_rounds
+from gateway.wsframes import CLOSE_TIMEOUT_S
 
 log = logging.getLogger("gateway.app")
 
@@ -103,8 +104,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.cleanup_ctx.append(_ping_rounds(node))
 
     async def close_sockets(app: web.Application) -> None:
-        # aiohttp waits for open WebSocket handlers before cleanup: close them first (1001)
+        # 1001 to every client, then a bounded wait for their answers (a client that does not
+        # answer is cut off after CLOSE_TIMEOUT_S) so that each leaves Redis before the backend
+        # closes. aiohttp waits for its own WebSocket handlers; the /ws fast path has none.
         node.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await node.wait_closed(CLOSE_TIMEOUT_S + 1)
 
     app.on_shutdown.append(close_sockets)
     return app

@@ -150,7 +150,11 @@ class Node:
                     session.close(CloseCode.SERVICE_RESTART, "node restarting; reconnect")
                 if step > 0:
                     await asyncio.sleep(step * batch)
-        deadline = time.monotonic() + 3
+        await self.wait_closed(3)
+
+    async def wait_closed(self, seconds: float) -> None:
+        """Until every session is gone, for at most ``seconds``."""
+        deadline = time.monotonic() + seconds
         while self.sessions and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded wait
             await asyncio.sleep(0.05)
 

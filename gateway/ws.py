@@ -31,10 +31,9 @@ PING_FRAME = ws_frame(b"", OPCODE_PING)
 
 class WsTransport:
     kind = "ws"
-    __slots__ = ("_transport", "closer", "pinged", "seen", "ws")
+    __slots__ = ("_transport", "closer", "pinged", "seen")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-        self.ws = ws
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.closer: ServerClose | None = None  # made when the connection starts to close
         self.seen = True  # a frame came from the client since the last ping round
@@ -99,8 +98,11 @@ async def ping_rounds(node: Node, interval_s: float) -> None:
 
 def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
     """The peer address; ``X-Forwarded-For`` is believed only from a configured proxy."""
-    peer = request.remote or "unknown"
     forwarded = request.headers.get("X-Forwarded-For")
+    return client_ip_of(request.remote or "unknown", forwarded, trusted_proxies)
+
+
+def client_ip_of(peer: str, forwarded: str | None, trusted_proxies: list[str]) -> str:
     if not forwarded or not trusted_proxies or not _is_trusted(peer, trusted_proxies):
         return peer
     hops = [h.strip() for h in forwarded.split(",") if h.strip()]
@@ -126,8 +128,11 @@ def _is_trusted(address: str, trusted: list[str]) -> bool:
 
 
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    return origin_ok(request.headers.get("Origin"), allowed)
+
+
+def origin_ok(origin: str | None, allowed: list[str]) -> bool:
     """No Origin header: not a browser, allowed. Otherwise it must be on the allow-list."""
-    origin = request.headers.get("Origin")
     if not allowed or origin is None:
         return True
     return origin.rstrip("/") in {a.rstrip("/") for a in allowed} or "*" in allowed
@@ -161,7 +166,7 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
     await ws.prepare(request)
     raw = request.transport
     assert raw is not None
-    transport = WsTransport(ws, raw)
+    transport = WsTransport(raw)
     session = node.open_session(
         transport,
         client_ip(request, settings.trusted_proxies),

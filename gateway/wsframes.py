@@ -102,3 +102,215 @@ class ServerClose:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+# --- reading client frames (the /ws fast path, gateway.wsconn) --------------------------------
+
+OPCODE_CONTINUATION = 0x0
+OPCODE_BINARY = 0x2
+PROTOCOL_ERROR = 1002
+INVALID_PAYLOAD = 1007
+MESSAGE_TOO_BIG = 1009
+# Close codes a client may send (RFC 6455 section 7.4; 1012-1014 registered since), and 3000-4999.
+_PEER_CLOSE_CODES = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
+)
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the 4-byte mask, done by int arithmetic in C (no Python loop per byte)."""
+    n = len(payload)
+    if not n:
+        return payload
+    key = (mask * ((n + 3) >> 2))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Client frames of one connection (RFC 6455 section 5), fed as bytes arrive.
+
+    Calls ``on_text(str)``, ``on_binary(bytes)`` with whole messages (fragments joined),
+    ``on_ping(bytes)``, ``on_close(code or None)``, and ``on_violation(code, reason)`` once
+    when the client breaks the protocol: 1002 (unmasked frame, reserved bits, bad opcode,
+    bad fragmentation, bad control frame or close code), 1007 (text or close reason not UTF-8),
+    1009 (a message over ``max_size``, refused from its header, before its payload is read).
+    After a violation the reader keeps its place in the stream and reports only the close
+    frame, so the closing handshake can still complete; payloads are skipped, not buffered.
+    """
+
+    __slots__ = (
+        "_chunks",
+        "_have",
+        "_msg_op",
+        "_msg_size",
+        "_need",
+        "_parts",
+        "_skip",
+        "failed",
+        "max_size",
+    )
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.failed = False
+        self._chunks: list[bytes] = []  # bytes of an incomplete frame
+        self._have = 0  # their total length
+        self._need = 0  # bytes needed before parsing again (0: unknown, try at once)
+        self._msg_op = 0  # opcode of a fragmented message in progress
+        self._parts: list[bytes] = []
+        self._msg_size = 0
+        self._skip = 0  # payload bytes still to drop (a frame refused or read after a violation)
+
+    # the callbacks -----------------------------------------------------------------------
+    def on_text(self, text: str) -> None: ...
+    def on_binary(self, data: bytes) -> None: ...
+    def on_ping(self, payload: bytes) -> None: ...
+    def on_close(self, code: int | None) -> None: ...
+    def on_violation(self, code: int, reason: str) -> None: ...
+
+    # parsing -----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = self._need = 0
+        rest = self._parse(data)
+        if rest is not None:
+            self._chunks.append(rest)
+            self._have = len(rest)
+
+    def _parse(self, buf: bytes) -> bytes | None:
+        """Every whole frame of ``buf``; returns the bytes of an incomplete last one."""
+        pos, end = 0, len(buf)
+        while end - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+                if length >> 63:  # the stream cannot be followed any further
+                    self._violate(PROTOCOL_ERROR, "invalid frame length")
+                    self._skip = 1 << 62
+                    return None
+            masked = b1 & 0x80
+            if masked:
+                head += 4
+            opcode = b0 & 0x0F
+            size = head + length
+            if opcode != OPCODE_CLOSE and (
+                self.failed
+                or (opcode < 8 and (self._msg_size if opcode == 0 else 0) + length > self.max_size)
+            ):
+                if not self.failed:
+                    self._violate(MESSAGE_TOO_BIG, "message too big")
+                if end - pos < size:  # drop the rest of it as it arrives, never buffer it
+                    self._skip = size - (end - pos)
+                    return None
+                pos += size
+                continue
+            if end - pos < size:
+                self._need = size
+                break
+            payload = buf[pos + head : pos + size]
+            if masked:
+                payload = unmask(payload, buf[pos + head - 4 : pos + head])
+            pos += size
+            self._frame(b0, masked, opcode, payload)
+        if pos == end:
+            return None
+        return buf[pos:]
+
+    def _frame(self, b0: int, masked: int, opcode: int, payload: bytes) -> None:
+        if self.failed:  # only the close frame still matters
+            if opcode == OPCODE_CLOSE:
+                self.on_close(_close_code(payload))
+            return
+        if b0 & 0x70:
+            self._violate(PROTOCOL_ERROR, "reserved bits set (no extension was agreed)")
+            return
+        if not masked:
+            self._violate(PROTOCOL_ERROR, "client frames must be masked")
+            return
+        fin = b0 & 0x80
+        if opcode >= 8:
+            if not fin or len(payload) > 125:
+                self._violate(PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
+            elif opcode == OPCODE_CLOSE:
+                self._close(payload)
+            elif opcode == OPCODE_PING:
+                self.on_ping(payload)
+            elif opcode != OPCODE_PONG:
+                self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            return
+        if opcode == OPCODE_CONTINUATION:
+            if not self._msg_op:
+                self._violate(PROTOCOL_ERROR, "continuation frame without a message")
+                return
+            self._parts.append(payload)
+            self._msg_size += len(payload)
+            if not fin:
+                return
+            opcode, payload = self._msg_op, b"".join(self._parts)
+            self._msg_op, self._parts, self._msg_size = 0, [], 0
+        elif opcode in (OPCODE_TEXT, OPCODE_BINARY):
+            if self._msg_op:
+                self._violate(PROTOCOL_ERROR, "new message inside a fragmented one")
+                return
+            if not fin:
+                self._msg_op, self._parts, self._msg_size = opcode, [payload], len(payload)
+                return
+        else:
+            self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            return
+        if opcode == OPCODE_TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                self._violate(INVALID_PAYLOAD, "text frame is not valid UTF-8")
+                return
+            self.on_text(text)
+        else:
+            self.on_binary(payload)
+
+    def _close(self, payload: bytes) -> None:
+        if len(payload) == 1:
+            self._violate(PROTOCOL_ERROR, "close frame with a 1-byte payload")
+            return
+        code = _close_code(payload)
+        if code is not None and code not in _PEER_CLOSE_CODES and not 3000 <= code < 5000:
+            self._violate(PROTOCOL_ERROR, f"invalid close code {code}")
+            return
+        try:
+            payload[2:].decode()
+        except UnicodeDecodeError:
+            self._violate(INVALID_PAYLOAD, "close reason is not valid UTF-8")
+            return
+        self.failed = True  # nothing may follow a close frame; a second one is still reported
+        self.on_close(code)
+
+    def _violate(self, code: int, reason: str) -> None:
+        self.failed = True
+        self._msg_op, self._parts, self._msg_size = 0, [], 0
+        self.on_violation(code, reason)
+
+
+def _close_code(payload: bytes) -> int | None:
+    return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None

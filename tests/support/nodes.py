@@ -6,11 +6,13 @@ import itertools
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import DASHBOARD_TOKEN, NODE, create_app
 from gateway.config import Settings, load_settings
 from gateway.node import Node
+from gateway.wsconn import GatewayRunner
 from tests.support.wsclient import WsClient
 
 _seq = itertools.count(1)
@@ -67,7 +69,14 @@ def node_settings(django_base_url: str, redis_url: str | None = None, **override
     return load_settings(**values)
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer with the gateway's runner, as ``python -m gateway`` serves."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 async def start_node(settings: Settings) -> RunningNode:
-    server = TestServer(create_app(settings), host="127.0.0.1", port=0)
+    server = GatewayTestServer(create_app(settings), host="127.0.0.1", port=0)
     await server.start_server()
     return RunningNode(server, settings)

@@ -1,0 +1,179 @@
+"""The two ways into ``/ws``: the fast path (gateway.wsconn) for a connection whose first request
+is the upgrade, and aiohttp's route for an upgrade that follows other requests on a kept-alive
+connection. Both serve the same protocol; raw sockets check what a library client never sends."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.wsconn import WsConnection
+from tests.support.nodes import API_KEY
+from tests.unit.test_frame_reader import client_frame
+
+UPGRADE = (
+    "GET /ws{query} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+)
+
+
+def protocol_of(node: Any) -> list[str]:
+    return [
+        type(s.transport._transport.get_protocol()).__name__ for s in node.node.sessions.values()
+    ]
+
+
+class RawClient:
+    """A WebSocket client on a bare TCP stream: frames exactly as the test writes them."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, node: Any, query: str = "", after: bytes = b"") -> RawClient:
+        host, port = node.http_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(UPGRADE.format(query=query, key=key).encode() + after)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        return cls(reader, writer)
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next server frame: (opcode, payload)."""
+        b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        assert not b1 & 0x80, "server frames are never masked"
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await self.reader.readexactly(8), "big")
+        return b0 & 0x0F, await self.reader.readexactly(n)
+
+    async def json(self) -> dict[str, Any]:
+        opcode, payload = await self.frame()
+        assert opcode == 1, (opcode, payload)
+        return dict(orjson.loads(payload))
+
+    async def closed_with(self) -> int:
+        """The code of the server's close frame; then the server must end TCP."""
+        while True:
+            opcode, payload = await self.frame()
+            if opcode == 8:
+                break
+        code = int.from_bytes(payload[:2], "big")
+        self.writer.write(client_frame(payload[:2], 8))
+        assert await asyncio.wait_for(self.reader.read(), 5) == b""  # FIN, not a hang
+        return code
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_both_paths_serve_the_whole_protocol(make_node: Any, http: Any) -> None:
+    node = await make_node()
+    fresh = await node.client(http, token="cliente-1")
+    assert (await fresh.wait_for(lambda f: f["event"] == "auth_success"))["data"]["userId"] == "1"
+    assert protocol_of(node) == ["WsConnection"]
+    # the same kept-alive connection: a plain request first, then the upgrade (aiohttp's route)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
+        async with one.get(f"{node.http_url}/healthz") as response:
+            assert response.status == 200
+        reused = await node.client(one, token="cliente-2")
+        await reused.wait_for(lambda f: f["event"] == "auth_success")
+        assert sorted(protocol_of(node)) == ["RequestHandler", "WsConnection"]
+        for client in (fresh, reused):
+            assert (await client.join("service_9"))["room"] == "service_9"
+        async with http.post(
+            f"{node.http_url}/api/publish",
+            json={"room": "service_9", "type": "notification", "payload": {"n": 1}},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
+            assert response.status == 200, await response.text()
+        for client in (fresh, reused):
+            frame = await client.wait_for(lambda f: f["event"] == "event")
+            assert (frame["data"]["type"], frame["data"]["payload"]) == ("notification", {"n": 1})
+        await reused.ws.close()
+    await fresh.ws.close()
+    await asyncio.sleep(0.1)
+    assert node.node.sessions == {}
+
+
+async def test_frames_that_arrive_with_the_upgrade_request_are_read(make_node: Any) -> None:
+    node = await make_node()
+    first = client_frame(b'{"event":"ping","id":1}') + client_frame(b'{"event":"ping","id":2}')
+    client = await RawClient.connect(node, after=first)
+    assert await client.json() == {"event": "pong", "data": {}, "id": 1}
+    assert await client.json() == {"event": "pong", "data": {}, "id": 2}
+    client.close()
+
+
+async def test_fragmented_messages_pings_and_binary_frames(make_node: Any) -> None:
+    node = await make_node()
+    client = await RawClient.connect(node)
+    client.send(client_frame(b'{"event":"pi', fin=False))
+    client.send(client_frame(b"hello", 9))  # a ping between the fragments
+    client.send(client_frame(b'ng","id":7}', 0))
+    assert await client.frame() == (0xA, b"hello")
+    assert await client.json() == {"event": "pong", "data": {}, "id": 7}
+    client.send(client_frame(b'{"event":"ping"}', 2))
+    error = await client.json()
+    assert error["event"] == "error" and error["data"]["code"] == "bad_request"
+    client.close()
+
+
+async def test_protocol_violations_close_with_their_code(make_node: Any) -> None:
+    node = await make_node(max_message_bytes=1024)
+    cases = [
+        (client_frame(b'{"event":"ping"}', mask=False), 1002),
+        (client_frame(b"\xff\xfe"), 1007),
+        (client_frame(b"x" * 5000), 1009),
+    ]
+    for frame, code in cases:
+        client = await RawClient.connect(node)
+        client.send(frame)
+        assert await client.closed_with() == code
+    await asyncio.sleep(0.1)
+    assert node.node.sessions == {}
+
+
+async def test_replies_queued_before_the_clients_close_go_out_first(make_node: Any) -> None:
+    node = await make_node()
+    client = await RawClient.connect(node)
+    client.send(client_frame(b'{"event":"ping","id":1}') + client_frame(b"\x0f\xa0", 8))
+    assert await client.json() == {"event": "pong", "data": {}, "id": 1}
+    opcode, payload = await client.frame()
+    assert (opcode, payload[:2]) == (8, b"\x0f\xa0")  # our answer echoes the client's code
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    await asyncio.sleep(0.1)
+    assert node.node.sessions == {}
+
+
+async def test_refused_upgrades_are_answered_by_aiohttp(make_node: Any, http: Any) -> None:
+    node = await make_node(max_connections=1)
+    first = await node.client(http)
+    response = await http.get(
+        node.ws_url.replace("ws://", "http://"),
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        },
+    )
+    assert response.status == 503
+    assert (await response.json()) == {"error": "node_full"}
+    await first.ws.close()
+
+
+def test_a_fast_path_connection_has_no_instance_dict() -> None:
+    # thousands of idle connections: each is this object (slots only), a WsTransport, a Session
+    assert not hasattr(WsConnection.__new__(WsConnection), "__dict__")
