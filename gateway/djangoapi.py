@@ -148,6 +148,11 @@ class DjangoClient:
             self.metrics.django_latency.labels(what).observe(time.monotonic() - started)
 
     # --- authentication ------------------------------------------------------------------------
+    def cached(self, token: str) -> bool:
+        """Whether ``verify(token)`` would be answered from the cache, without Django."""
+        entry = self._cache.get(_token_key(token))
+        return entry is not None and entry[1] > time.monotonic()
+
     async def verify(self, token: str) -> Identity:
         """Django's identity for a token; raises ``AuthFailure``. Concurrent verifications of
         one token share a single request, and verified tokens are cached for ``auth_cache_s``."""

@@ -5,6 +5,7 @@ Imports neither aiohttp nor redis, so ``gateway.publish`` stays light for Django
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 
@@ -17,6 +18,13 @@ MAX_ROOMS_PER_PUBLISH = 100
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def new_epoch() -> str:
+    """A room history's epoch, should the room have none: 32 random bits. An identifier, not a
+    secret, so Python's own generator (seeded from the OS at start) serves, without a system
+    call on every join and publish."""
+    return f"{random.getrandbits(32):08x}"
 
 
 def now_ms() -> int:

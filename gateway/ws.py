@@ -31,10 +31,11 @@ PING_FRAME = ws_frame(b"", OPCODE_PING)
 
 class WsTransport:
     kind = "ws"
-    __slots__ = ("_transport", "closer", "pinged", "seen")
+    __slots__ = ("_held", "_transport", "closer", "pinged", "seen")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
+        self._held: bytes | None = None  # written with the first frame (hold)
         self.closer: ServerClose | None = None  # made when the connection starts to close
         self.seen = True  # a frame came from the client since the last ping round
         self.pinged = False  # a ping went out and nothing came back yet
@@ -45,9 +46,23 @@ class WsTransport:
     def encode_publication(self, pub: Publication) -> bytes:
         return ws_frame(pub.frame())
 
+    def hold(self, data: bytes) -> None:
+        """``data`` goes out with the next write: the upgrade's 101 and a ``?token=`` answer
+        share one send (the fast path does so when the token is cached, so the wait is short)."""
+        self._held = data
+
     def write(self, data: bytes) -> None:
         if self.closer is None and not self._transport.is_closing():
+            if self._held is not None:
+                data = self._held + data
+                self._held = None
             self._transport.write(data)
+
+    def _release(self) -> None:
+        if self._held is not None:
+            if not self._transport.is_closing():
+                self._transport.write(self._held)
+            self._held = None
 
     def buffer_size(self) -> int:
         return self._transport.get_write_buffer_size()
@@ -55,6 +70,7 @@ class WsTransport:
     def close(self, code: int, reason: str) -> None:
         """Never blocks: the close frame goes after what is already written (see wsframes)."""
         if self.closer is None:
+            self._release()
             self.closer = ServerClose(self._transport)
             self.closer.start(code, reason)
 
@@ -64,6 +80,7 @@ class WsTransport:
 
     def peer_closed(self, code: int | None) -> None:
         if self.closer is None:
+            self._release()
             self.closer = ServerClose(self._transport)
         self.closer.peer_closed(code)
 

@@ -98,7 +98,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
         self._lost = True
         if self.session is not None and not self._busy:
             self._busy = True
-            asyncio.get_running_loop().create_task(self._finish())
+            self._server.loop.create_task(self._finish())
 
     # --- the HTTP request -----------------------------------------------------------------
     def _request_head(self, data: bytes) -> None:
@@ -124,10 +124,13 @@ class WsConnection(FrameReader, asyncio.Protocol):
         if not origin_ok(upgrade.origin, settings.allowed_origins) or node.admit(ip) is not None:
             self._hand_over(buf)  # aiohttp's route answers the refusal, as for every refusal
             return
-        transport = self._transport
-        transport.write(switching_protocols(upgrade.key))
-        self.ws = WsTransport(transport)
-        self.session = node.open_session(self.ws, ip)
+        ws = self.ws = WsTransport(self._transport)
+        answer = switching_protocols(upgrade.key)
+        if upgrade.token and node.django.cached(upgrade.token):
+            ws.hold(answer)  # sent with auth_success (or auth_error): one send, not two
+        else:
+            self._transport.write(answer)  # Django may take a while: upgrade now
+        self.session = node.open_session(ws, ip)
         if upgrade.token:
             self._submit(_TokenAuth(upgrade.token))
         rest = buf[end + 4 :]
@@ -174,7 +177,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
             return
         if type(item) is str or type(item) is _TokenAuth:
             self._busy = True
-            asyncio.get_running_loop().create_task(self._work(item))
+            self._server.loop.create_task(self._work(item))
         else:
             self._handle_now(item)
 
@@ -233,6 +236,7 @@ class GatewayServer(web.Server):
     """aiohttp's Server, with ``WsConnection`` in front of every connection it accepts."""
 
     node: Node
+    loop: asyncio.AbstractEventLoop
 
     def __call__(self) -> WsConnection:  # type: ignore[override]
         return WsConnection(self, self.node)
@@ -249,5 +253,6 @@ class GatewayRunner(web.AppRunner):
         # The same object, with our protocol factory: aiohttp's shutdown and its connection
         # bookkeeping work on it unchanged (web.Server has no __slots__).
         server.__class__ = GatewayServer
+        server.loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
         server.node = self.app[NODE]  # type: ignore[attr-defined]
         return server

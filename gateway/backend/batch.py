@@ -42,12 +42,15 @@ class _GroupCommit:
     def __init__(self) -> None:
         self._buffer: Any = None
         self._waiters: Waiters = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0
 
     async def run(self, queue: Callable[[Any], object]) -> list[Any]:
         """``queue(buffer)`` adds commands; returns their results once the shared round trip
         ran. An error in one's own commands is raised; others' errors are theirs."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # looked up once: on Python 3.11 each lookup is a system call
+            loop = self._loop = asyncio.get_running_loop()
         buffer = self._buffer
         if buffer is None:
             buffer = self._buffer = self._new_buffer()
@@ -62,11 +65,15 @@ class _GroupCommit:
     def _flush_soon(self) -> None:
         buffer, waiters = self._buffer, self._waiters
         self._buffer, self._waiters = None, []
-        if buffer is not None:
+        if buffer is not None and not self._send_now(buffer, waiters):
+            self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush(buffer, waiters))
 
+    def _send_now(self, buffer: Any, waiters: Waiters) -> bool:
+        """Send without a task when the connection is up; False: ``_flush`` does it."""
+        return False
+
     async def _flush(self, buffer: Any, waiters: Waiters) -> None:
-        self.flushes += 1
         try:
             results = await self._execute(buffer)
         except BaseException as exc:
@@ -144,17 +151,20 @@ def pack_command(args: Sequence[Any]) -> bytes:
 
 
 def pack_commands(commands: Sequence[Sequence[Any]]) -> bytes:
-    """Commands as RESP arrays of bulk strings, in one buffer (the hot path of a group commit)."""
-    out: list[bytes] = []
-    append = out.append
-    for args in commands:
-        append(b"*%d\r\n" % len(args))
-        for value in args:
-            cls = value.__class__
-            data = value.encode() if cls is str else value if cls is bytes else _arg(value)
-            append(b"$%d\r\n" % len(data))
-            append(data)
-            append(b"\r\n")
+    """Commands as RESP arrays of bulk strings, in one buffer (the hot path of a group commit):
+    hiredis packs each in C (``hiredis.pack_command``), about 3x faster than in Python."""
+    try:
+        return b"".join([hiredis.pack_command(tuple(args)) for args in commands])
+    except TypeError:  # e.g. None: the Python packer's error names the value's type
+        return b"".join(_pack_py(args) for args in commands)
+
+
+def _pack_py(args: Sequence[Any]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for value in args:
+        cls = value.__class__
+        data = value.encode() if cls is str else value if cls is bytes else _arg(value)
+        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(out)
 
 
@@ -190,6 +200,9 @@ class CommandBuffer:
 
 def _reply(value: Any) -> Any:
     """hiredis's error replies as redis-py's exceptions (NoScriptError, ReadOnlyError...)."""
+    cls = value.__class__
+    if cls is int or cls is bytes:
+        return value
     if isinstance(value, hiredis.ReplyError):
         return BaseParser.parse_error(str(value))  # type: ignore[no-untyped-call]
     if isinstance(value, list):
@@ -197,15 +210,24 @@ def _reply(value: Any) -> Any:
     return value
 
 
-class _Link:
-    """One connection; replies are matched to round trips in order (Redis answers in order)."""
+Answer = Callable[[Any], None]  # called with the round trip's replies, or its exception
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+class _Link:
+    """One connection; replies are matched to round trips in order (Redis answers in order).
+
+    A round trip not answered within ``timeout_s`` fails the connection and every round trip
+    on it (``RedisTimeoutError``): one watchdog timer per connection, none per round trip."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+    ) -> None:
         self.writer = writer
-        self.inflight: collections.deque[tuple[int, list[Any], asyncio.Future[list[Any]]]] = (
-            collections.deque()
-        )
-        self.task = asyncio.get_running_loop().create_task(self._read(reader))
+        self.timeout_s = timeout_s
+        self.inflight: collections.deque[tuple[int, list[Any], Answer, float]] = collections.deque()
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.task = self._loop.create_task(self._read(reader))
         self.error: BaseException | None = None
 
     @property
@@ -213,10 +235,36 @@ class _Link:
         return self.error is None and not self.writer.is_closing()
 
     def send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.inflight.append((len(commands), [], fut))
-        self.writer.write(pack_commands(commands))
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+
+        def answer(result: Any) -> None:
+            if fut.done():
+                return
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+        self.send_then(commands, answer)
         return fut
+
+    def send_then(self, commands: Sequence[Sequence[Any]], answer: Answer) -> None:
+        """Write ``commands``; ``answer`` gets their replies (or the error) when they come."""
+        now = self._loop.time()
+        self.inflight.append((len(commands), [], answer, now))
+        self.writer.write(pack_commands(commands))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(now + self.timeout_s, self._check)
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if not self.inflight:
+            return
+        deadline = self.inflight[0][3] + self.timeout_s
+        if self._loop.time() >= deadline:
+            self.fail(RedisTimeoutError("Redis did not answer in time"))
+        else:
+            self._watchdog = self._loop.call_at(deadline, self._check)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         parser = hiredis.Reader()
@@ -229,12 +277,11 @@ class _Link:
                 while (reply := parser.gets()) is not False:
                     if not self.inflight:
                         raise RedisConnectionError("reply without a request")
-                    want, got, fut = self.inflight[0]
+                    want, got, answer, _ = self.inflight[0]
                     got.append(_reply(reply))
                     if len(got) == want:
                         self.inflight.popleft()
-                        if not fut.done():
-                            fut.set_result(got)
+                        answer(got)
         except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
             self.fail(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(exc))
         except asyncio.CancelledError:
@@ -244,11 +291,13 @@ class _Link:
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.writer.close()
         while self.inflight:
-            _, _, fut = self.inflight.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
+            _, _, answer, _ = self.inflight.popleft()
+            answer(exc)
 
     async def close(self) -> None:
         self.task.cancel()
@@ -278,6 +327,7 @@ class RespBatcher(_GroupCommit):
         self._timeout_s = timeout_s
         self._link: _Link | None = None
         self._opening: asyncio.Task[_Link] | None = None
+        self._reruns: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _setup_commands(
@@ -295,6 +345,33 @@ class RespBatcher(_GroupCommit):
 
     def _size(self, buffer: Any) -> int:
         return len(buffer.commands)
+
+    def _send_now(self, buffer: Any, waiters: Waiters) -> bool:
+        link = self._link
+        if link is None or not link.usable:
+            return False  # (re)connecting takes a task: _flush
+        self.flushes += 1
+        commands = buffer.commands
+
+        def answer(result: Any) -> None:
+            if isinstance(result, BaseException):
+                _fail(waiters, result)
+            elif any(isinstance(r, NoScriptError) for r in result):
+                task = asyncio.get_running_loop().create_task(
+                    self._rerun_then_deliver(commands, result, waiters)
+                )
+                self._reruns.add(task)  # held until done (the loop keeps weak references)
+                task.add_done_callback(self._reruns.discard)
+            else:
+                _deliver(waiters, result)
+
+        link.send_then(commands, answer)
+        return True
+
+    async def _rerun_then_deliver(
+        self, commands: Sequence[tuple[Any, ...]], results: list[Any], waiters: Waiters
+    ) -> None:
+        _deliver(waiters, await self._rerun_lost_scripts(commands, results))
 
     async def _execute(self, buffer: Any) -> list[Any]:
         commands = buffer.commands
@@ -346,7 +423,7 @@ class RespBatcher(_GroupCommit):
                 reader, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
-        link = _Link(reader, writer)
+        link = _Link(reader, writer, self._timeout_s)
         if self._hello:
             for reply in await link.send(self._hello):
                 if isinstance(reply, Exception):

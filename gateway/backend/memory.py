@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from gateway.backend.base import (
     ResyncHandler,
 )
 from gateway.backend.pages import page_after
-from gateway.events import build_body, new_event_id, now_ms
+from gateway.events import build_body, new_epoch, new_event_id, now_ms
 
 EVENT_LOG_SIZE = 1000
 
@@ -93,7 +92,7 @@ class MemoryBackend:
         now = time.monotonic()
         state = self._rooms.get(room)
         if state is None or state.meta_expires_at <= now:
-            state = _Room(epoch=secrets.token_hex(4), meta_expires_at=now + self._meta_ttl_s)
+            state = _Room(epoch=new_epoch(), meta_expires_at=now + self._meta_ttl_s)
             self._rooms[room] = state
         if state.expires_at <= now:
             state.history.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +40,7 @@ from gateway.backend.keys import Keys
 from gateway.backend.pubsub_link import Endpoint, PubSubLink
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
-from gateway.events import now_ms
+from gateway.events import new_epoch, now_ms
 
 log = logging.getLogger("gateway.redis")
 
@@ -261,7 +260,7 @@ class RedisBackend:
             scripts.load(scripts.HISTORY),
             [self.keys.room_meta(room), self.keys.room_history(room)],
             [
-                secrets.token_hex(4),
+                new_epoch(),
                 max(self.history.meta_ttl_s, self.history.ttl_s),
                 since.offset if since else -1,
                 since.epoch if since else "",

@@ -7,7 +7,6 @@ Imports no aiohttp; works with sync and asyncio redis clients alike.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from gateway.backend import scripts
 from gateway.backend.base import IDEMPOTENCY_TTL_S, PublishResult
 from gateway.backend.keys import Keys
-from gateway.events import build_body, new_event_id, now_ms
+from gateway.events import build_body, new_epoch, new_event_id, now_ms
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -53,7 +52,7 @@ def build_calls(
         raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
     event_id = event_id or new_event_id()
     ts = now_ms()
-    epoch = secrets.token_hex(4)
+    epoch = new_epoch()
     record_inline = "0" if sharded else "1"
     calls = []
     for room in rooms:

@@ -5,6 +5,9 @@ survives what Redis does to it (scripts flushed, restarts, ACL users, other data
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backend import scripts
 from gateway.backend.batch import PipelineBatcher, RespBatcher, make_batcher, pack_command
@@ -72,13 +76,41 @@ async def test_an_error_is_raised_to_its_own_caller_only(batcher: Any, client: A
     assert await client.sismember("other", "a")  # the commands before it did run
 
 
-async def test_a_script_redis_lost_is_run_again_with_its_source(batcher: Any, client: Any) -> None:
+@pytest.mark.parametrize("connected", [False, True], ids=["first-round-trip", "connected"])
+async def test_a_script_redis_lost_is_run_again_with_its_source(
+    batcher: Any, client: Any, connected: bool
+) -> None:
+    if connected:  # the round trip then goes out at once, with no task (RespBatcher)
+        assert await batcher.run(lambda buf: buf.sadd("warm", "a")) == [1]
     script = scripts.load(scripts.ROOM_COUNT)
     await client.script_load(script.source)
     await client.script_flush()  # as after a restart
-    [count] = await batcher.run(lambda buf: buf.evalsha(script.sha, 1, "gateway:room:{r}:meta"))
+    [count], [added] = await asyncio.gather(
+        batcher.run(lambda buf: buf.evalsha(script.sha, 1, "gateway:room:{r}:meta")),
+        batcher.run(lambda buf: buf.sadd("other", "x")),  # same round trip, its own result
+    )
     assert count is not None
+    assert added == 1
     assert await client.script_exists(script.sha) == [True]
+
+
+async def test_redis_that_stops_answering_fails_the_round_trip_in_time(
+    redis_server: RedisServer, client: Any
+) -> None:
+    batcher = make_batcher(client, timeout_s=0.5)
+    try:
+        assert await batcher.run(lambda buf: buf.sadd("s", "a")) == [1]
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await batcher.run(lambda buf: buf.sadd("s", "b"))
+            assert time.monotonic() - started < 2.0
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        assert await batcher.run(lambda buf: buf.sadd("s", "c")) == [1]  # a new connection
+    finally:
+        await batcher.aclose()
 
 
 async def test_a_lost_connection_fails_the_round_trip_then_reconnects(

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
+import time
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.wsconn import WsConnection
+from tests.support import DjangoSite
 from tests.support.nodes import API_KEY
 from tests.unit.test_frame_reader import client_frame
 
@@ -177,3 +180,29 @@ async def test_refused_upgrades_are_answered_by_aiohttp(make_node: Any, http: An
 def test_a_fast_path_connection_has_no_instance_dict() -> None:
     # thousands of idle connections: each is this object (slots only), a WsTransport, a Session
     assert not hasattr(WsConnection.__new__(WsConnection), "__dict__")
+
+
+async def test_the_upgrade_waits_for_the_token_only_when_django_need_not_be_asked(
+    make_node: Any, django_site: DjangoSite
+) -> None:
+    """A cached ``?token=`` is answered in one send (101 and auth_success together); a token
+    Django must verify gets its 101 at once, and auth_success when Django answers."""
+    node = await make_node()
+    await django_site.acontrol(profile_mode="slow", slow_seconds=1.0)
+    started = time.monotonic()
+    cold = await RawClient.connect(node, "?token=cliente-77")
+    assert time.monotonic() - started < 0.8  # upgraded before Django answered
+    assert (await cold.json())["event"] == "auth_success"
+    assert time.monotonic() - started >= 1.0
+    await django_site.acontrol(reset=True)
+    # cached now: the first read holds the 101 and the frame, written in one send
+    host, port = node.http_url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setblocking(False)
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(sock, UPGRADE.format(query="?token=cliente-77", key=key).encode())
+        first = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+    assert first.startswith(b"HTTP/1.1 101 ")
+    assert b'"event":"auth_success"' in first
+    cold.close()
