@@ -147,6 +147,12 @@ class Loadgen:
             "per_s": connected / max(1e-9, (end - start) / 1e6),
             "p50_ms": _ms(percentile_us(hist, 0.50)),
             "p99_ms": _ms(percentile_us(hist, 0.99)),
+            # the load generators' own CPU over their connect phase: total, and the busiest
+            # one's share of a core (near 100 %: it set the pace, not the server)
+            "loadgen_cpu_us": sum(r["cpuUs"] for r in readies),
+            "loadgen_cpu_pct": max(
+                100 * r["cpuUs"] / max(1, r["endUs"] - r["startUs"]) for r in readies
+            ),
         }
 
     def collect(self, timeout_s: float = 120.0, quiet_s: float = 5.0) -> dict[str, Any]:

@@ -223,6 +223,8 @@ def connect(ctx: Context) -> list[dict[str, Any]]:
             "p99_ms": report["p99_ms"],
             "cpu_us_per_connect": server.used_us / n,
             "aux_cpu_us_per_connect": aux.used_us / n,
+            "loadgen_cpu_us_per_connect": report["loadgen_cpu_us"] / n,
+            "loadgen_cpu_pct": report["loadgen_cpu_pct"],
         }
     ]
 
@@ -320,6 +322,8 @@ SCENARIOS = (
             ("p99_ms", "p99 ms", "down"),
             ("cpu_us_per_connect", "server CPU µs/connect", "down"),
             ("aux_cpu_us_per_connect", "helpers CPU µs/connect", "down"),
+            ("loadgen_cpu_us_per_connect", "loadgen CPU µs/connect", ""),
+            ("loadgen_cpu_pct", "busiest loadgen CPU %", ""),
         ),
     ),
     Scenario(

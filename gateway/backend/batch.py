@@ -64,10 +64,16 @@ class _GroupCommit:
 
     def _flush_soon(self) -> None:
         buffer, waiters = self._buffer, self._waiters
+        if buffer is None or self._hold_back():
+            return
         self._buffer, self._waiters = None, []
-        if buffer is not None and not self._send_now(buffer, waiters):
+        if not self._send_now(buffer, waiters):
             self.flushes += 1
             asyncio.get_running_loop().create_task(self._flush(buffer, waiters))
+
+    def _hold_back(self) -> bool:
+        """Keep collecting instead of sending now (a round trip is in flight)."""
+        return False
 
     def _send_now(self, buffer: Any, waiters: Waiters) -> bool:
         """Send without a task when the connection is up; False: ``_flush`` does it."""
@@ -220,9 +226,14 @@ class _Link:
     on it (``RedisTimeoutError``): one watchdog timer per connection, none per round trip."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout_s: float,
+        answered: Callable[[], None] = lambda: None,
     ) -> None:
         self.writer = writer
+        self.answered = answered  # after each round trip's answer (or failure)
         self.timeout_s = timeout_s
         self.inflight: collections.deque[tuple[int, list[Any], Answer, float]] = collections.deque()
         self._loop = asyncio.get_running_loop()
@@ -282,6 +293,7 @@ class _Link:
                     if len(got) == want:
                         self.inflight.popleft()
                         answer(got)
+                        self.answered()
         except (OSError, hiredis.ProtocolError, RedisConnectionError) as exc:
             self.fail(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(exc))
         except asyncio.CancelledError:
@@ -298,6 +310,7 @@ class _Link:
         while self.inflight:
             _, _, answer, _ = self.inflight.popleft()
             answer(exc)
+        self.answered()
 
     async def close(self) -> None:
         self.task.cancel()
@@ -328,6 +341,7 @@ class RespBatcher(_GroupCommit):
         self._link: _Link | None = None
         self._opening: asyncio.Task[_Link] | None = None
         self._reruns: set[asyncio.Task[None]] = set()
+        self._parked = False  # a buffer waits for the round trip in flight (_hold_back)
 
     @staticmethod
     def _setup_commands(
@@ -345,6 +359,17 @@ class RespBatcher(_GroupCommit):
 
     def _size(self, buffer: Any) -> int:
         return len(buffer.commands)
+
+    def _hold_back(self) -> bool:
+        # Group commit proper: while one round trip is in flight, what is queued meanwhile waits
+        # for its answer and then goes out as one. Idle, a command goes out in its own loop
+        # turn; under load, round trips grow instead of multiplying (fewer sends and reads here
+        # and in Redis), for at most one round trip of waiting.
+        link = self._link
+        if link is not None and link.usable and link.inflight:
+            self._parked = True
+            return True
+        return False
 
     def _send_now(self, buffer: Any, waiters: Waiters) -> bool:
         link = self._link
@@ -367,6 +392,12 @@ class RespBatcher(_GroupCommit):
 
         link.send_then(commands, answer)
         return True
+
+    def _unpark(self) -> None:
+        """A round trip was answered (or failed): what waited for it goes out now."""
+        if self._parked:
+            self._parked = False
+            self._flush_soon()
 
     async def _rerun_then_deliver(
         self, commands: Sequence[tuple[Any, ...]], results: list[Any], waiters: Waiters
@@ -423,7 +454,7 @@ class RespBatcher(_GroupCommit):
                 reader, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from None
-        link = _Link(reader, writer, self._timeout_s)
+        link = _Link(reader, writer, self._timeout_s, self._unpark)
         if self._hello:
             for reply in await link.send(self._hello):
                 if isinstance(reply, Exception):

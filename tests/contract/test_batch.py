@@ -66,6 +66,28 @@ async def test_commands_of_one_loop_turn_share_one_round_trip(batcher: Any, clie
     ]
 
 
+async def test_what_is_queued_while_a_round_trip_is_in_flight_goes_out_together(
+    client: Any,
+) -> None:
+    """Our own connection holds back new commands while a round trip is in flight (group
+    commit): ten callers over ten loop turns share a few round trips, not ten."""
+    batcher = make_batcher(client)
+
+    async def add(i: int) -> list[Any]:
+        for _ in range(i):
+            await asyncio.sleep(0)
+        return await batcher.run(lambda buf: buf.sadd("s", f"m{i}"))
+
+    try:
+        assert await batcher.run(lambda buf: buf.sadd("warm", "a")) == [1]  # connected
+        before = batcher.flushes
+        assert await asyncio.gather(*(add(i) for i in range(10))) == [[1]] * 10
+        assert batcher.flushes - before <= 5
+        assert await client.scard("s") == 10
+    finally:
+        await batcher.aclose()
+
+
 async def test_an_error_is_raised_to_its_own_caller_only(batcher: Any, client: Any) -> None:
     await client.set("str", "x")
     good = batcher.run(lambda buf: buf.sadd("set", "a"))
