@@ -31,11 +31,12 @@ PING_FRAME = ws_frame(b"", OPCODE_PING)
 
 class WsTransport:
     kind = "ws"
-    __slots__ = ("_held", "_transport", "closer", "pinged", "seen")
+    __slots__ = ("_held", "_ping_due", "_transport", "closer", "pinged", "seen")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: bytes | None = None  # written with the first frame (hold)
+        self._ping_due = False  # a ping rides on the next write (ping)
         self.closer: ServerClose | None = None  # made when the connection starts to close
         self.seen = True  # a frame came from the client since the last ping round
         self.pinged = False  # a ping went out and nothing came back yet
@@ -56,7 +57,22 @@ class WsTransport:
             if self._held is not None:
                 data = self._held + data
                 self._held = None
+            if self._ping_due:
+                data += PING_FRAME
+                self._ping_due = False
             self._transport.write(data)
+
+    def ping(self) -> None:
+        """Ping the client: with the next frame written to it (no send of its own for a client
+        that receives events), or alone by ``send_due_ping``."""
+        self.pinged = True
+        self._ping_due = True
+
+    def send_due_ping(self) -> None:
+        if self._ping_due:
+            self._ping_due = False
+            if self.closer is None and not self._transport.is_closing():
+                self._transport.write(PING_FRAME)
 
     def _release(self) -> None:
         if self._held is not None:
@@ -92,11 +108,15 @@ async def ping_rounds(node: Node, interval_s: float) -> None:
     same prebuilt frame for all); one still silent a round after its ping is dropped. So an idle
     client is pinged every ``interval_s`` and a dead one dropped ``interval_s`` to 1.5 times
     ``interval_s`` after its last frame, with no timer per connection (aiohttp's own heartbeat
-    keeps two and a task per ping)."""
+    keeps two and a task per ping). A ping goes out with the next frame the client is sent, or
+    alone ``interval_s / 4`` (at most 1 s) after the round: a client that receives events costs
+    no send of its own for it."""
     half = interval_s / 2
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(half)
         dropped = 0
+        pinged: list[WsTransport] = []
         for session in list(node.sessions.values()):
             transport = session.transport
             if not isinstance(transport, WsTransport) or session.closed:
@@ -107,10 +127,17 @@ async def ping_rounds(node: Node, interval_s: float) -> None:
                 transport.abort()
                 dropped += 1
             else:
-                transport.pinged = True
-                transport.write(PING_FRAME)
+                transport.ping()
+                pinged.append(transport)
+        if pinged:
+            loop.call_later(min(1.0, half / 2), _send_due_pings, pinged)
         if dropped:
             log.info("dropped %d connections that did not answer pings", dropped)
+
+
+def _send_due_pings(transports: list[WsTransport]) -> None:
+    for transport in transports:
+        transport.send_due_ping()
 
 
 def client_ip(request: web.Request, trusted_proxies: list[str]) -> str:
