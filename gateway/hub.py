@@ -20,18 +20,22 @@ log = logging.getLogger("gateway.hub")
 class Outbox:
     """Sessions with queued frames, flushed once per event-loop turn."""
 
-    __slots__ = ("_dirty", "_scheduled", "on_overflow")
+    __slots__ = ("_dirty", "_loop", "_scheduled", "on_overflow")
 
     def __init__(self, on_overflow: Callable[[Session], None] | None = None) -> None:
         self._dirty: list[Session] = []
         self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.on_overflow = on_overflow
 
     def mark(self, session: Session) -> None:
         self._dirty.append(session)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = self._loop
+            if loop is None:  # looked up once: on Python 3.11 each lookup is a system call
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
 
     def overflowed(self, session: Session) -> None:
         if self.on_overflow is not None:

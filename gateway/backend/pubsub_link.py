@@ -112,12 +112,12 @@ class PubSubLink:
 
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Subscribe and wait until the server confirms each channel."""
-        loop = asyncio.get_running_loop()
         futures = []
         for channel in channels:
             self.channels.add(channel)
             if channel in self._active:
-                continue
+                continue  # the common case: no waiting, and no loop lookup (a system call)
+            loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(channel, []).append(fut)
             futures.append(fut)
