@@ -1,5 +1,8 @@
-"""The ``/ws`` transport: JSON text frames over a WebSocket. The only code that touches sockets
-for the native protocol; everything it reads goes to ``Node.handle``."""
+"""The ``/ws`` transport: JSON text frames over a WebSocket; everything read goes to
+``Node.handle``. ``WsTransport`` (what a session writes through) and the pings are shared by
+both ways in: the fast path (gateway.wsconn, a connection whose first request is the upgrade)
+and aiohttp's route here (``handle_ws``, an upgrade after other requests on a kept-alive
+connection)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Server-side WebSocket frames written straight to the socket, and our side of the closing
-handshake; shared by the ``/ws`` and Socket.IO transports.
+"""WebSocket frames: server frames written straight to the socket and our side of the closing
+handshake (shared by the ``/ws`` and Socket.IO transports), and the reader of client frames
+used by the ``/ws`` fast path (``FrameReader``, gateway.wsconn).
 
 Frames are built once (``ws_frame``) and the same bytes written to every member of a room.
 
