@@ -123,7 +123,12 @@ def _wait_healthy(port: int, server: subprocess.Popen[bytes], log: Path) -> None
 
 
 def _control(flag: str, pid: int) -> None:
-    subprocess.run(["callgrind_control", flag, str(pid)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["callgrind_control", flag, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 if __name__ == "__main__":
