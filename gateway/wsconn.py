@@ -71,7 +71,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
         self._server = server
         self._node = node
         self._transport: Any = None
-        self._head = b""
+        self._head: bytearray | None = None  # the request head so far, when it came in pieces
         self.session: Session | None = None
         self.ws: WsTransport | None = None
         self._inbox: deque[_Item] | None = None
@@ -102,17 +102,27 @@ class WsConnection(FrameReader, asyncio.Protocol):
 
     # --- the HTTP request -----------------------------------------------------------------
     def _request_head(self, data: bytes) -> None:
-        buf = self._head + data if self._head else data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                self._hand_over(buf)
-            else:
-                self._head = buf
-            return
-        self._head = b""
-        upgrade = parse_upgrade(buf[:end])
-        if upgrade is None:
+        head = self._head
+        if head is None:
+            buf, end = data, data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > MAX_HEAD_BYTES:
+                    self._hand_over(data)  # aiohttp answers an oversized head
+                else:
+                    self._head = bytearray(data)
+                return
+        else:  # a head in several reads: appended in place, searched only where it grew
+            start = max(0, len(head) - 3)
+            head += data
+            end = head.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(head) > MAX_HEAD_BYTES:
+                    self._hand_over(bytes(head))
+                return
+            buf = bytes(head)
+            self._head = None
+        upgrade = parse_upgrade(buf[:end]) if end <= MAX_HEAD_BYTES else None
+        if upgrade is None:  # not the plain case (a big head included): aiohttp judges it
             self._hand_over(buf)
             return
         node = self._node

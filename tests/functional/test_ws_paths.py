@@ -206,3 +206,34 @@ async def test_the_upgrade_waits_for_the_token_only_when_django_need_not_be_aske
     assert first.startswith(b"HTTP/1.1 101 ")
     assert b'"event":"auth_success"' in first
     cold.close()
+
+
+async def test_a_request_head_in_pieces_is_still_upgraded_here(make_node: Any) -> None:
+    node = await make_node()
+    host, port = node.http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = UPGRADE.format(query="", key=key).encode()
+    for cut in (5, 40, len(request) - 3, len(request) - 1):  # the blank line split as well
+        writer.write(request[:cut])
+        request = request[cut:]
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert protocol_of(node) == ["WsConnection"]
+    writer.close()
+
+
+async def test_an_oversized_request_head_is_answered_by_aiohttp(make_node: Any) -> None:
+    node = await make_node()
+    host, port = node.http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = UPGRADE.format(query="", key=key).encode()
+    writer.write(request[:-2] + b"X-Filler: " + b"a" * 10_000 + b"\r\n\r\n")
+    status = await asyncio.wait_for(reader.readline(), 5)
+    assert status.split()[1] in (b"400", b"431"), status
+    assert node.node.sessions == {}
+    writer.close()
