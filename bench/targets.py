@@ -303,7 +303,11 @@ def git_revision() -> str:
     )
     if head.returncode != 0:
         return "unknown"
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
+    if not changed:
+        return head.stdout.strip()
+    shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    return f"{head.stdout.strip()} (with uncommitted changes to {shown})"
 
 
 def machine_info() -> dict[str, str]:
