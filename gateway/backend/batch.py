@@ -342,6 +342,7 @@ class RespBatcher(_GroupCommit):
         self._opening: asyncio.Task[_Link] | None = None
         self._reruns: set[asyncio.Task[None]] = set()
         self._parked = False  # a buffer waits for the round trip in flight (_hold_back)
+        self._closed = False
 
     @staticmethod
     def _setup_commands(
@@ -434,6 +435,8 @@ class RespBatcher(_GroupCommit):
     async def _connected(self) -> _Link:
         if self._link is not None and self._link.usable:
             return self._link
+        if self._closed:
+            raise RedisConnectionError("the Redis connection was closed (shutting down)")
         if self._opening is None:
             self._opening = asyncio.get_running_loop().create_task(self._open())
         opening = self._opening
@@ -470,6 +473,7 @@ class RespBatcher(_GroupCommit):
             self._link = None
 
     async def aclose(self) -> None:
+        self._closed = True  # what is still queued fails instead of opening a new connection
         if self._link is not None:
             link, self._link = self._link, None
             await link.close()

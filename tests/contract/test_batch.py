@@ -175,3 +175,15 @@ def test_tls_clients_keep_redis_pys_pipeline() -> None:
     assert isinstance(make_batcher(tls), PipelineBatcher)
     unix = aioredis.Redis.from_url("unix:///tmp/redis.sock?db=2")
     assert isinstance(make_batcher(unix), RespBatcher)
+
+
+async def test_commands_queued_around_close_fail_instead_of_reconnecting(client: Any) -> None:
+    batcher = make_batcher(client)
+    assert await batcher.run(lambda buf: buf.sadd("s", "a")) == [1]
+    late = asyncio.ensure_future(batcher.run(lambda buf: buf.sadd("s", "b")))
+    await batcher.aclose()
+    with pytest.raises(RedisConnectionError):
+        await late
+    with pytest.raises(RedisConnectionError):
+        await batcher.run(lambda buf: buf.sadd("s", "c"))
+    assert batcher._link is None  # nothing was reopened
