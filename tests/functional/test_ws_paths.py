@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from gateway.wsconn import WsConnection
+from tests.security.helpers import RawWebSocket
 from tests.support import DjangoSite
 from tests.support.nodes import API_KEY
 from tests.unit.test_frame_reader import client_frame
@@ -31,54 +32,37 @@ def protocol_of(node: Any) -> list[str]:
     ]
 
 
-class RawClient:
-    """A WebSocket client on a bare TCP stream: frames exactly as the test writes them."""
+async def raw_client(node: Any, query: str = "", after: bytes = b"") -> RawWebSocket:
+    host, port = node.http_url.removeprefix("http://").split(":")
+    client: RawWebSocket = await RawWebSocket.connect(
+        host, int(port), f"/ws{query}", rcvbuf=65536, after=after
+    )
+    return client
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
 
-    @classmethod
-    async def connect(cls, node: Any, query: str = "", after: bytes = b"") -> RawClient:
-        host, port = node.http_url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(UPGRADE.format(query=query, key=key).encode() + after)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(reader, writer)
+async def next_json(client: RawWebSocket) -> dict[str, Any]:
+    opcode, payload = await asyncio.wait_for(client.read_frame(), 5)
+    assert opcode == 1, (opcode, payload)
+    return dict(orjson.loads(payload))
 
-    async def frame(self) -> tuple[int, bytes]:
-        """The next server frame: (opcode, payload)."""
-        b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), 5)
-        assert not b1 & 0x80, "server frames are never masked"
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(await self.reader.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await self.reader.readexactly(8), "big")
-        return b0 & 0x0F, await self.reader.readexactly(n)
 
-    async def json(self) -> dict[str, Any]:
-        opcode, payload = await self.frame()
-        assert opcode == 1, (opcode, payload)
-        return dict(orjson.loads(payload))
+async def closed_with(client: RawWebSocket) -> int:
+    """The code of the server's close frame (answered); then the server must end TCP."""
+    while True:
+        opcode, payload = await asyncio.wait_for(client.read_frame(), 5)
+        if opcode == 8:
+            break
+    client.writer.write(client_frame(payload[:2], 8))
+    assert await asyncio.wait_for(client.reader.read(), 5) == b""  # FIN, not a hang
+    return int.from_bytes(payload[:2], "big")
 
-    async def closed_with(self) -> int:
-        """The code of the server's close frame; then the server must end TCP."""
-        while True:
-            opcode, payload = await self.frame()
-            if opcode == 8:
-                break
-        code = int.from_bytes(payload[:2], "big")
-        self.writer.write(client_frame(payload[:2], 8))
-        assert await asyncio.wait_for(self.reader.read(), 5) == b""  # FIN, not a hang
-        return code
 
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    def close(self) -> None:
-        self.writer.close()
+async def open_tcp(node: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A bare TCP connection to the node and an upgrade request to send on it."""
+    host, port = node.http_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    return reader, writer, UPGRADE.format(query="", key=key).encode()
 
 
 async def test_both_paths_serve_the_whole_protocol(make_node: Any, http: Any) -> None:
@@ -113,22 +97,22 @@ async def test_both_paths_serve_the_whole_protocol(make_node: Any, http: Any) ->
 async def test_frames_that_arrive_with_the_upgrade_request_are_read(make_node: Any) -> None:
     node = await make_node()
     first = client_frame(b'{"event":"ping","id":1}') + client_frame(b'{"event":"ping","id":2}')
-    client = await RawClient.connect(node, after=first)
-    assert await client.json() == {"event": "pong", "data": {}, "id": 1}
-    assert await client.json() == {"event": "pong", "data": {}, "id": 2}
+    client = await raw_client(node, after=first)
+    assert await next_json(client) == {"event": "pong", "data": {}, "id": 1}
+    assert await next_json(client) == {"event": "pong", "data": {}, "id": 2}
     client.close()
 
 
 async def test_fragmented_messages_pings_and_binary_frames(make_node: Any) -> None:
     node = await make_node()
-    client = await RawClient.connect(node)
-    client.send(client_frame(b'{"event":"pi', fin=False))
-    client.send(client_frame(b"hello", 9))  # a ping between the fragments
-    client.send(client_frame(b'ng","id":7}', 0))
-    assert await client.frame() == (0xA, b"hello")
-    assert await client.json() == {"event": "pong", "data": {}, "id": 7}
-    client.send(client_frame(b'{"event":"ping"}', 2))
-    error = await client.json()
+    client = await raw_client(node)
+    client.writer.write(client_frame(b'{"event":"pi', fin=False))
+    client.writer.write(client_frame(b"hello", 9))  # a ping between the fragments
+    client.writer.write(client_frame(b'ng","id":7}', 0))
+    assert await client.read_frame() == (0xA, b"hello")
+    assert await next_json(client) == {"event": "pong", "data": {}, "id": 7}
+    client.writer.write(client_frame(b'{"event":"ping"}', 2))
+    error = await next_json(client)
     assert error["event"] == "error" and error["data"]["code"] == "bad_request"
     client.close()
 
@@ -141,19 +125,19 @@ async def test_protocol_violations_close_with_their_code(make_node: Any) -> None
         (client_frame(b"x" * 5000), 1009),
     ]
     for frame, code in cases:
-        client = await RawClient.connect(node)
-        client.send(frame)
-        assert await client.closed_with() == code
+        client = await raw_client(node)
+        client.writer.write(frame)
+        assert await closed_with(client) == code
     await asyncio.sleep(0.1)
     assert node.node.sessions == {}
 
 
 async def test_replies_queued_before_the_clients_close_go_out_first(make_node: Any) -> None:
     node = await make_node()
-    client = await RawClient.connect(node)
-    client.send(client_frame(b'{"event":"ping","id":1}') + client_frame(b"\x0f\xa0", 8))
-    assert await client.json() == {"event": "pong", "data": {}, "id": 1}
-    opcode, payload = await client.frame()
+    client = await raw_client(node)
+    client.writer.write(client_frame(b'{"event":"ping","id":1}') + client_frame(b"\x0f\xa0", 8))
+    assert await next_json(client) == {"event": "pong", "data": {}, "id": 1}
+    opcode, payload = await client.read_frame()
     assert (opcode, payload[:2]) == (8, b"\x0f\xa0")  # our answer echoes the client's code
     assert await asyncio.wait_for(client.reader.read(), 5) == b""
     await asyncio.sleep(0.1)
@@ -190,9 +174,9 @@ async def test_the_upgrade_waits_for_the_token_only_when_django_need_not_be_aske
     node = await make_node()
     await django_site.acontrol(profile_mode="slow", slow_seconds=1.0)
     started = time.monotonic()
-    cold = await RawClient.connect(node, "?token=cliente-77")
+    cold = await raw_client(node, "?token=cliente-77")
     assert time.monotonic() - started < 0.8  # upgraded before Django answered
-    assert (await cold.json())["event"] == "auth_success"
+    assert (await next_json(cold))["event"] == "auth_success"
     assert time.monotonic() - started >= 1.0
     await django_site.acontrol(reset=True)
     # cached now: the first read holds the 101 and the frame, written in one send
@@ -210,10 +194,7 @@ async def test_the_upgrade_waits_for_the_token_only_when_django_need_not_be_aske
 
 async def test_a_request_head_in_pieces_is_still_upgraded_here(make_node: Any) -> None:
     node = await make_node()
-    host, port = node.http_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = UPGRADE.format(query="", key=key).encode()
+    reader, writer, request = await open_tcp(node)
     for cut in (5, 40, len(request) - 3, len(request) - 1):  # the blank line split as well
         writer.write(request[:cut])
         request = request[cut:]
@@ -228,10 +209,7 @@ async def test_a_request_head_in_pieces_is_still_upgraded_here(make_node: Any) -
 
 async def test_an_oversized_request_head_is_answered_by_aiohttp(make_node: Any) -> None:
     node = await make_node()
-    host, port = node.http_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = UPGRADE.format(query="", key=key).encode()
+    reader, writer, request = await open_tcp(node)
     writer.write(request[:-2] + b"X-Filler: " + b"a" * 10_000 + b"\r\n\r\n")
     status = await asyncio.wait_for(reader.readline(), 5)
     assert status.split()[1] in (b"400", b"431"), status

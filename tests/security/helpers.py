@@ -72,7 +72,10 @@ class RawWebSocket:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/ws", rcvbuf: int = 4096) -> Any:
+    async def connect(
+        cls, host: str, port: int, path: str = "/ws", rcvbuf: int = 4096, after: bytes = b""
+    ) -> Any:
+        """``path`` may carry a query; ``after``: bytes sent with the request (early frames)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: window
         sock.setblocking(False)
@@ -83,6 +86,7 @@ class RawWebSocket:
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            + after
         )
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
