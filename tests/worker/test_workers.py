@@ -115,10 +115,11 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits_0(
         redis_server.url,
         GATEWAY_INGEST_BATCH="20",
         GATEWAY_INGEST_CLAIM_IDLE_S="1",
-        GATEWAY_HISTORY_SIZE="5000",
+        GATEWAY_HISTORY_SIZE="20000",
     )
     first = await worker_process.astart(env)
-    total = 2000
+    # enough that the worker is still busy when we look (2,000 could all be done by then)
+    total = 20000
     await add_entries(aredis, "service_6", range(1, total + 1))
     deadline = time.monotonic() + 10
     while (await pending_by_consumer(aredis)).get(first.worker_id, 0) == 0:
