@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -55,6 +57,15 @@ async def add_entries(client: Any, room: str, numbers: range, type_: str = "test
 async def pending_by_consumer(client: Any) -> dict[str, int]:
     summary = await client.xpending(KEYS.ingest, KEYS.ingest_group)
     return {c["name"].decode(): int(c["pending"]) for c in summary["consumers"] or []}
+
+
+async def until_holding(client: Any, consumer: str, timeout_s: float = 10.0) -> None:
+    """Until ``consumer`` holds entries it read and has not acknowledged yet. Feed it enough
+    entries (tens of thousands) that it is still at work when this starts looking."""
+    deadline = time.monotonic() + timeout_s
+    while (await pending_by_consumer(client)).get(consumer, 0) == 0:
+        assert time.monotonic() < deadline, f"{consumer} never held pending entries"
+        await asyncio.sleep(0.002)
 
 
 async def pending_total(client: Any) -> int:

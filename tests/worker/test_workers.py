@@ -21,6 +21,7 @@ from tests.worker.helpers import (
     pending_total,
     room_offset,
     scrape,
+    until_holding,
     value,
 )
 
@@ -75,23 +76,25 @@ async def test_a_worker_killed_mid_burst_loses_nothing_and_duplicates_nothing(
         redis_server.url,
         GATEWAY_INGEST_BATCH="20",
         GATEWAY_INGEST_CLAIM_IDLE_S="1",
-        GATEWAY_HISTORY_SIZE="5000",
+        GATEWAY_HISTORY_SIZE="30000",
     )
     # big batches keep the victim's entries unacknowledged long enough to be caught holding some;
     # alone, it is the one that reads the burst
     victim = await worker_process.astart({**env, "GATEWAY_INGEST_BATCH": "200"})
-    total = 3000
+    total = 30000
     await add_entries(aredis, "service_5", range(1, total + 1))
 
     # freeze the victim at a moment it holds entries it read but has not acknowledged, start the
     # survivor, then kill the victim: no chance for it to finish what it held
     deadline = time.monotonic() + 10
-    while (await pending_by_consumer(aredis)).get(victim.worker_id, 0) == 0:
-        assert time.monotonic() < deadline, "the victim never held pending entries"
-        await asyncio.sleep(0.002)
-    os.kill(victim.pid, signal.SIGSTOP)
-    left = (await pending_by_consumer(aredis)).get(victim.worker_id, 0)
-    assert left > 0
+    while True:
+        await until_holding(aredis, victim.worker_id)
+        os.kill(victim.pid, signal.SIGSTOP)
+        left = (await pending_by_consumer(aredis)).get(victim.worker_id, 0)
+        if left > 0:
+            break  # frozen while holding entries
+        os.kill(victim.pid, signal.SIGCONT)  # it acknowledged them just before: once more
+        assert time.monotonic() < deadline, "the victim was never frozen holding entries"
     offset_at_kill = await room_offset(aredis, "service_5")
     assert offset_at_kill < total, "the burst was over before the kill"
     survivor = await worker_process.astart(env)
@@ -121,10 +124,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits_0(
     # enough that the worker is still busy when we look (2,000 could all be done by then)
     total = 20000
     await add_entries(aredis, "service_6", range(1, total + 1))
-    deadline = time.monotonic() + 10
-    while (await pending_by_consumer(aredis)).get(first.worker_id, 0) == 0:
-        assert time.monotonic() < deadline, "the worker never held pending entries"
-        await asyncio.sleep(0.002)
+    await until_holding(aredis, first.worker_id)
     first.term()
     assert await asyncio.to_thread(first.wait, 10) == 0
     logs = first.logs()
