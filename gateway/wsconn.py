@@ -207,8 +207,8 @@ class WsConnection(FrameReader, asyncio.Protocol):
         node = self._node
         session = self.session
         assert session is not None
-        try:
-            while True:
+        while True:
+            try:
                 if type(item) is str:
                     if not session.closed:  # closing: read on to the client's close frame
                         await node.handle(session, item)
@@ -216,19 +216,20 @@ class WsConnection(FrameReader, asyncio.Protocol):
                     await node.authenticate_with(session, item.token)
                 else:
                     self._handle_now(item)
-                inbox = self._inbox
-                if not inbox:
-                    break
-                item = inbox.popleft()
-                if type(item) is str or type(item) is bytes:
-                    self._inbox_bytes -= len(item)
-                if self._paused and self._inbox_bytes <= INBOX_BYTES // 4:
-                    self._paused = False
-                    if not self._lost:
-                        self._transport.resume_reading()
-        except Exception:
-            log.exception("connection %s: handling a frame failed", session.id)
-            session.close(CloseCode.INTERNAL_ERROR, "internal error")
+            except Exception:  # a bug, not the client's doing: 1011, and on to its close frame
+                log.exception("connection %s: handling a frame failed", session.id)
+                session.flush()  # replies to the frames before it go out first
+                session.close(CloseCode.INTERNAL_ERROR, "internal error")
+            inbox = self._inbox
+            if not inbox:
+                break
+            item = inbox.popleft()
+            if type(item) is str or type(item) is bytes:
+                self._inbox_bytes -= len(item)
+            if self._paused and self._inbox_bytes <= INBOX_BYTES // 4:
+                self._paused = False
+                if not self._lost:
+                    self._transport.resume_reading()
         if self._lost:
             await self._finish()
         else:

@@ -216,12 +216,18 @@ class FrameReader:
                 head += 4
             opcode = b0 & 0x0F
             size = head + length
-            if opcode != OPCODE_CLOSE and (
-                self.failed
-                or (opcode < 8 and (self._msg_size if opcode == 0 else 0) + length > self.max_size)
-            ):
+            # judged from the header, before any payload is kept: a data message over the
+            # limit, or a control frame over 125 bytes (RFC 6455 section 5.5)
+            if opcode >= 8:
+                too_big = length > 125
+            else:
+                too_big = (self._msg_size if opcode == 0 else 0) + length > self.max_size
+            if too_big or (self.failed and opcode != OPCODE_CLOSE):
                 if not self.failed:
-                    self._violate(MESSAGE_TOO_BIG, "message too big")
+                    if opcode >= 8:
+                        self._violate(PROTOCOL_ERROR, "control frames are at most 125 bytes")
+                    else:
+                        self._violate(MESSAGE_TOO_BIG, "message too big")
                 if end - pos < size:  # drop the rest of it as it arrives, never buffer it
                     self._skip = size - (end - pos)
                     return None
@@ -252,8 +258,8 @@ class FrameReader:
             return
         fin = b0 & 0x80
         if opcode >= 8:
-            if not fin or len(payload) > 125:
-                self._violate(PROTOCOL_ERROR, "control frames must be whole and at most 125 bytes")
+            if not fin:  # (their length was judged from the header)
+                self._violate(PROTOCOL_ERROR, "control frames must not be fragmented")
             elif opcode == OPCODE_CLOSE:
                 self._close(payload)
             elif opcode == OPCODE_PING:

@@ -215,3 +215,30 @@ async def test_an_oversized_request_head_is_answered_by_aiohttp(make_node: Any) 
     assert status.split()[1] in (b"400", b"431"), status
     assert node.node.sessions == {}
     writer.close()
+
+
+async def test_a_failing_frame_closes_1011_and_the_frames_after_it_are_still_read(
+    make_node: Any,
+) -> None:
+    """A bug while handling one frame (injected here) closes the connection with 1011; the
+    client's close frame queued behind it is still answered, so TCP ends at once."""
+    node = await make_node()
+    handle = node.node.handle
+
+    async def failing(session: Any, raw: str | bytes) -> None:
+        if raw == "boom":
+            raise RuntimeError("injected")
+        await handle(session, raw)
+
+    node.node.handle = failing
+    client = await raw_client(node)
+    client.writer.write(
+        client_frame(b'{"event":"ping","id":1}')
+        + client_frame(b"boom")
+        + client_frame(b"\x03\xe8", 8)
+    )
+    assert await next_json(client) == {"event": "pong", "data": {}, "id": 1}
+    opcode, payload = await asyncio.wait_for(client.read_frame(), 5)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (8, 1011)
+    # not the 5 s wait for an answer: the client's close frame, queued behind, was read
+    assert await asyncio.wait_for(client.reader.read(), 2) == b""

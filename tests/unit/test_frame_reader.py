@@ -178,6 +178,16 @@ def test_a_message_over_the_limit_is_refused_from_its_header_and_never_buffered(
     assert reader.events == [("violation", 1009), ("close", 1000)]
 
 
+def test_a_control_frame_declaring_a_long_payload_is_refused_from_its_header() -> None:
+    for opcode in (OPCODE_PING, OPCODE_CLOSE):
+        reader = Recorder()
+        header = bytes((0x80 | opcode, 0x80 | 127)) + (1 << 30).to_bytes(8, "big") + b"mask"
+        reader.feed(header)  # a 1 GiB ping (or close) announced: nothing of it is kept
+        assert reader.events == [("violation", 1002)]
+        reader.feed(b"\x00" * 65536)
+        assert reader._have == 0 and not reader._chunks
+
+
 def test_fragments_count_together_against_the_limit() -> None:
     events = read(
         client_frame(b"a" * 600, fin=False),
