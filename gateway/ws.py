@@ -17,6 +17,7 @@ from gateway.backend.base import Publication
 from gateway.closecodes import CloseCode, ErrorCode
 from gateway.node import Node
 from gateway.protocol import FrameId, ProtocolError
+from gateway.session import Session
 from gateway.wsframes import OPCODE_PING, OPCODE_PONG, ServerClose, ws_frame
 
 log = logging.getLogger("gateway.ws")
@@ -199,6 +200,13 @@ def refuse(node: Node, request: web.Request) -> web.Response | None:
     return None
 
 
+def refuse_binary(node: Node, session: Session) -> None:
+    """A binary frame: ``bad_request``; the connection stays open (both ways into /ws)."""
+    if not session.closed:
+        error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
+        node.reply_error(session, error, None)
+
+
 async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
     refused = refuse(node, request)
     if refused is not None:
@@ -229,9 +237,7 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
                 if not session.closed:  # closing: read on to the client's close frame
                     await node.handle(session, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                if not session.closed:
-                    error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
-                    node.reply_error(session, error, None)
+                refuse_binary(node, session)
             elif msg.type is WSMsgType.PING:
                 transport.write(ws_frame(bytes(msg.data), OPCODE_PONG))  # the same payload back
             elif msg.type is WSMsgType.PONG:

@@ -25,11 +25,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import NODE
-from gateway.closecodes import CloseCode, ErrorCode
+from gateway.closecodes import CloseCode
 from gateway.node import Node
-from gateway.protocol import ProtocolError
 from gateway.session import Session
-from gateway.ws import WsTransport, client_ip_of, origin_ok
+from gateway.ws import WsTransport, client_ip_of, origin_ok, refuse_binary
 from gateway.wsframes import OPCODE_PONG, FrameReader, ws_frame
 from gateway.wsupgrade import MAX_HEAD_BYTES, parse_upgrade, switching_protocols
 
@@ -196,9 +195,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
         session = self.session
         assert session is not None and self.ws is not None
         if type(item) is bytes:
-            if not session.closed:
-                error = ProtocolError(ErrorCode.BAD_REQUEST, "binary frames are not supported")
-                self._node.reply_error(session, error, None)
+            refuse_binary(self._node, session)
         elif type(item) is int:
             session.flush()  # replies already queued go out before the answer to the close
             self.ws.peer_closed(None if item == _NO_CODE else item)
