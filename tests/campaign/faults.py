@@ -1,0 +1,188 @@
+"""Applying the schedule: each fault against the real processes, with a log of when it held.
+
+``FaultLog`` answers "which faults were in effect around t" for a violation's trace. Faults on
+one resource run one after the other (a per-resource lock, taken in schedule order), so a slow
+restart delays the next fault on that resource instead of stacking outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from tests.campaign.client import CampaignClient
+from tests.campaign.oracle import Violation
+from tests.campaign.schedule import Fault, Kind
+from tests.campaign.topology import ProcessStartError, Topology
+
+NODE_RESTART_ATTEMPTS = 3
+
+
+@dataclass
+class Applied:
+    fault: Fault
+    start_s: float
+    end_s: float | None = None
+    outcome: str = ""
+
+    def describe(self) -> str:
+        end = f"{self.end_s:.2f}" if self.end_s is not None else "..."
+        outcome = f" -> {self.outcome}" if self.outcome else ""
+        return f"{self.start_s:8.2f}-{end:>8} {self.fault.describe()}{outcome}"
+
+
+class FaultLog:
+    def __init__(self) -> None:
+        self.applied: list[Applied] = []
+
+    def around(self, t: float, before_s: float = 5.0) -> list[str]:
+        """The faults that held at some point in ``[t - before_s, t]``."""
+        return [
+            a.describe()
+            for a in self.applied
+            if a.start_s <= t and (a.end_s is None or a.end_s >= t - before_s)
+        ]
+
+    def counts(self) -> Counter[str]:
+        return Counter(str(a.fault.kind) for a in self.applied if a.end_s is not None)
+
+
+class Injector:
+    def __init__(
+        self,
+        topology: Topology,
+        clients: Sequence[CampaignClient],
+        clock: Callable[[], float],
+        report: Callable[[Violation], None],
+    ) -> None:
+        self.topology = topology
+        self.clients = clients
+        self.clock = clock
+        self.report = report  # a fault that broke a promise of its own (a drain's exit code)
+        self.log = FaultLog()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def run(self, schedule: Sequence[Fault], stop: asyncio.Event) -> None:
+        """Start each fault at its time (relative to now), in order per resource."""
+        start = self.clock()
+        tasks = [asyncio.create_task(self._at(fault, start, stop)) for fault in schedule]
+        await asyncio.gather(*tasks)
+
+    async def _at(self, fault: Fault, start: float, stop: asyncio.Event) -> None:
+        lock = self._locks.setdefault(fault.resource, asyncio.Lock())
+        await asyncio.sleep(max(0.0, start + fault.at_s - self.clock()))
+        async with lock:
+            if stop.is_set():
+                return
+            applied = Applied(fault, self.clock())
+            self.log.applied.append(applied)
+            try:
+                applied.outcome = await self.apply(fault)
+            except (RedisError, OSError, ProcessStartError) as exc:
+                applied.outcome = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            applied.end_s = self.clock()
+
+    async def apply(self, fault: Fault) -> str:
+        handler = {
+            Kind.PUBSUB_KILL: self._pubsub_kill,
+            Kind.NODE_KILL: self._node_restart,
+            Kind.NODE_TERM: self._node_restart,
+            Kind.REDIS_STALL: self._redis_stall,
+            Kind.REDIS_RESTART: self._redis_restart,
+            Kind.PROXY_DELAY: self._proxy_delay,
+            Kind.PROXY_STALL: self._proxy_stall,
+            Kind.PROXY_CUT: self._proxy_cut,
+            Kind.STORM: self._storm,
+        }[fault.kind]
+        return await handler(fault)
+
+    # --- Redis --------------------------------------------------------------------------------
+    async def _pubsub_kill(self, fault: Fault) -> str:
+        admin = self.topology.admin()
+        try:
+            killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        finally:
+            await admin.aclose()
+        return f"killed {killed}"
+
+    async def _redis_stall(self, fault: Fault) -> str:
+        admin = self.topology.admin(timeout_s=fault.duration_s + 10)
+        try:
+            await admin.execute_command("DEBUG", "SLEEP", f"{fault.duration_s:.2f}")
+        finally:
+            await admin.aclose()
+        return "slept"
+
+    async def _redis_restart(self, fault: Fault) -> str:
+        sig = signal.SIGKILL if fault.params.get("signal") == "KILL" else signal.SIGTERM
+        await self.topology.stop_redis(sig)
+        await asyncio.sleep(fault.duration_s)
+        await self.topology.start_redis()
+        return f"{sig.name}, back"
+
+    # --- nodes --------------------------------------------------------------------------------
+    async def _node_restart(self, fault: Fault) -> str:
+        sig = signal.SIGKILL if fault.kind is Kind.NODE_KILL else signal.SIGTERM
+        code = await self.topology.stop_node(fault.target, sig)
+        outcome = f"exit {code}"
+        if sig is signal.SIGTERM and code != 0:
+            self.report(
+                Violation(
+                    "drain_exit",
+                    "-",
+                    "-",
+                    self.clock(),
+                    f"{fault.target} exited with {code} after SIGTERM (contract: close 1012 "
+                    f"within the drain, then exit 0)",
+                )
+            )
+        await asyncio.sleep(fault.duration_s)
+        for attempt in range(NODE_RESTART_ATTEMPTS):
+            try:
+                await self.topology.start_node(fault.target)
+                return f"{outcome}, back"
+            except ProcessStartError as exc:
+                if attempt == NODE_RESTART_ATTEMPTS - 1:
+                    raise
+                self.report(
+                    Violation("node_start_failed", "-", "-", self.clock(), str(exc).splitlines()[0])
+                )
+        return outcome
+
+    # --- proxies ------------------------------------------------------------------------------
+    async def _proxy_delay(self, fault: Fault) -> str:
+        proxy = self.topology.proxies[fault.target]
+        proxy.set_delay(float(fault.params["latency_s"]))
+        try:
+            await asyncio.sleep(fault.duration_s)
+        finally:
+            proxy.set_delay(0.0)
+        return "delayed"
+
+    async def _proxy_stall(self, fault: Fault) -> str:
+        proxy = self.topology.proxies[fault.target]
+        proxy.stall(True)
+        try:
+            await asyncio.sleep(fault.duration_s)
+        finally:
+            proxy.stall(False)
+        return f"stalled {proxy.open_connections} connections"
+
+    async def _proxy_cut(self, fault: Fault) -> str:
+        cut = self.topology.proxies[fault.target].cut(refuse_s=fault.duration_s)
+        await asyncio.sleep(fault.duration_s)
+        return f"cut {cut}"
+
+    # --- clients ------------------------------------------------------------------------------
+    async def _storm(self, fault: Fault) -> str:
+        fraction = float(fault.params.get("fraction", 0.5))
+        count = max(1, round(len(self.clients) * fraction))
+        chosen = random.Random(f"storm {fault.at_s}").sample(list(self.clients), count)
+        dropped = sum(client.drop() for client in chosen)
+        return f"{dropped} clients reconnect at once"

@@ -1,0 +1,179 @@
+"""The processes of a campaign run: Redis (AOF always), one fault proxy per Redis client process,
+the gateway nodes, the worker. Django is the caller's (the session's test site, or the CLI's own).
+
+Everything here is async-friendly: processes are spawned from the event loop's thread (so
+``PR_SET_PDEATHSIG`` follows the test's main thread) and waited for without blocking the loop,
+because the fault proxies run in the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import asyncio as aioredis
+
+from tests.campaign.proxy import FaultProxy
+from tests.support.processes import GatewayProcess, ManagedProcess, ProcessStartError, WorkerProcess
+from tests.support.redis_server import RedisServer
+
+API_KEY = "campaign-publish-key"
+DRAIN_S = 2.0
+START_TIMEOUT_S = 30.0
+PUBLISHER_PROXY = "publishers"
+WORKER_PROXY = "worker"
+
+
+@dataclass(frozen=True)
+class Settings:
+    nodes: int = 3
+    history_size: int = 2000
+
+
+async def wait_exit(proc: ManagedProcess, timeout_s: float) -> int | None:
+    """Poll until the child exits; its exit code, or None if it still runs after the timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while proc.alive and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+async def start(proc: ManagedProcess, timeout_s: float = START_TIMEOUT_S) -> None:
+    proc.spawn()
+    await proc.wait_ready_async(timeout_s)
+
+
+class Topology:
+    def __init__(self, run_dir: Path, django_base_url: str, settings: Settings) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.settings = settings
+        self.django_base_url = django_base_url
+        self.redis = RedisServer(
+            run_dir / "redis", appendonly=True, extra_args=["--enable-debug-command", "yes"]
+        )
+        self.node_names = [f"node-{i + 1}" for i in range(settings.nodes)]
+        self.proxies: dict[str, FaultProxy] = {
+            name: FaultProxy(name, self.redis.port)
+            for name in [*self.node_names, WORKER_PROXY, PUBLISHER_PROXY]
+        }
+        self.nodes: dict[str, GatewayProcess] = {}
+        self.worker: WorkerProcess | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.redis.directory.mkdir(parents=True, exist_ok=True)
+        await start(self.redis)
+        for proxy in self.proxies.values():
+            await proxy.start()
+        for name in self.node_names:
+            self.nodes[name] = GatewayProcess(
+                self.run_dir / "nodes",
+                self.django_base_url,
+                env=self._env(self.proxies[name]),
+                node_id=name,
+            )
+        self.worker = WorkerProcess(
+            self.run_dir / "worker",
+            self.django_base_url,
+            env=self._env(self.proxies[WORKER_PROXY]),
+            worker_id="campaign-worker",
+        )
+        await asyncio.gather(*(start(p) for p in [*self.nodes.values(), self.worker]))
+
+    def _env(self, proxy: FaultProxy) -> dict[str, str | None]:
+        return {
+            "GATEWAY_REDIS_URL": proxy.url,
+            "GATEWAY_HISTORY_SIZE": str(self.settings.history_size),
+            "GATEWAY_PUBLISH_API_KEY": API_KEY,
+            "GATEWAY_DRAIN_SECONDS": str(DRAIN_S),
+        }
+
+    async def stop(self) -> None:
+        processes: list[ManagedProcess] = [*self.nodes.values()]
+        if self.worker is not None:
+            processes.append(self.worker)
+        for proc in processes:
+            proc.term()
+        for proc in processes:
+            if await wait_exit(proc, DRAIN_S + 5) is None:
+                proc.kill()
+        for proxy in self.proxies.values():
+            await proxy.close()
+        self.redis.term()
+        if await wait_exit(self.redis, 10) is None:
+            self.redis.kill()
+
+    # --- views --------------------------------------------------------------------------------
+    @property
+    def ws_urls(self) -> dict[str, str]:
+        return {name: node.ws_url for name, node in self.nodes.items()}
+
+    @property
+    def http_urls(self) -> list[str]:
+        return [node.http_url for node in self.nodes.values()]
+
+    @property
+    def publisher_url(self) -> str:
+        return self.proxies[PUBLISHER_PROXY].url
+
+    def processes(self) -> list[ManagedProcess]:
+        found: list[ManagedProcess] = [self.redis, *self.nodes.values()]
+        if self.worker is not None:
+            found.append(self.worker)
+        return found
+
+    def admin(self, timeout_s: float = 5.0) -> aioredis.Redis:
+        """A direct connection to Redis (not through a proxy) for the faults' own commands."""
+        return aioredis.Redis(
+            host="127.0.0.1",
+            port=self.redis.port,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=3,
+        )
+
+    # --- faults on processes ------------------------------------------------------------------
+    async def stop_node(self, name: str, sig: signal.Signals) -> int | None:
+        """Signal the node and wait for its exit; its exit code (None: still running after
+        the drain and a margin, then it is SIGKILLed)."""
+        node = self.nodes[name]
+        os.kill(node.pid, sig)
+        code = await wait_exit(node, DRAIN_S + 8)
+        if code is None:
+            node.kill()
+        return code
+
+    async def start_node(self, name: str) -> None:
+        await start(self.nodes[name])
+
+    async def stop_redis(self, sig: signal.Signals) -> None:
+        os.kill(self.redis.pid, sig)
+        if await wait_exit(self.redis, 15) is None:
+            self.redis.kill()
+
+    async def start_redis(self) -> None:
+        await start(self.redis)
+
+    async def heal(self) -> list[str]:
+        """Everything back up and forwarding; returns what had to be restarted."""
+        restarted = []
+        for proxy in self.proxies.values():
+            proxy.heal()
+        if not self.redis.alive:
+            await self.start_redis()
+            restarted.append("redis")
+        for name, node in self.nodes.items():
+            if not node.alive:
+                await self.start_node(name)
+                restarted.append(name)
+        if self.worker is not None and not self.worker.alive:
+            await start(self.worker)
+            restarted.append("worker")
+        return restarted
+
+
+__all__ = ["API_KEY", "ProcessStartError", "Settings", "Topology"]
