@@ -35,6 +35,7 @@ class CampaignClient:
         self,
         name: str,
         token: str,
+        automatic: Sequence[str],
         rooms: Sequence[str],
         node_urls: dict[str, str],
         oracle: ClientOracle,
@@ -43,7 +44,8 @@ class CampaignClient:
     ) -> None:
         self.name = name
         self.token = token
-        self.extra_rooms = list(rooms)  # joined on request; automatic rooms come with auth
+        self.automatic = list(automatic)  # joined by the node at auth (contract §2, Rooms)
+        self.extra_rooms = list(rooms)  # joined on request
         self.node_urls = node_urls
         self.oracle = oracle
         self.rng = rng
@@ -52,7 +54,7 @@ class CampaignClient:
         self.node: str | None = None  # the node we are authenticated on
         self.authenticated = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._rooms: list[str] = []  # every room, automatic ones once known
+        self._rooms = self.automatic + self.extra_rooms
         self._joins: dict[int, tuple[str, dict[str, Any] | None, float]] = {}
         self._again: set[str] = set()  # a rejoin came while a join was in flight
         self._business: dict[int, tuple[Published, asyncio.Future[bool]]] = {}
@@ -67,7 +69,6 @@ class CampaignClient:
         """Authenticated, every room joined, no join in flight."""
         return (
             self.authenticated
-            and bool(self._rooms)
             and not self._joins
             and not any(self.oracle.joining(room) for room in self._rooms)
         )
@@ -235,7 +236,10 @@ class CampaignClient:
         self.node = str(data.get("node"))
         self.oracle.note(f"auth_success on {self.node} rooms={data.get('rooms')}")
         automatic = [str(r) for r in data.get("rooms") or []]
-        self._rooms = list(dict.fromkeys(automatic + self.extra_rooms + self._rooms))
+        if sorted(automatic) != sorted(self.automatic):
+            self.oracle.flag(
+                "auth_rooms", "-", f"automatic rooms {automatic}, not {self.automatic}"
+            )
         for room in self._rooms:
             await self._join(ws, room)
 

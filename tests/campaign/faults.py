@@ -31,6 +31,10 @@ class Applied:
     end_s: float | None = None
     outcome: str = ""
 
+    @property
+    def done(self) -> bool:
+        return self.end_s is not None and not self.outcome.startswith("failed")
+
     def describe(self) -> str:
         end = f"{self.end_s:.2f}" if self.end_s is not None else "..."
         outcome = f" -> {self.outcome}" if self.outcome else ""
@@ -50,7 +54,8 @@ class FaultLog:
         ]
 
     def counts(self) -> Counter[str]:
-        return Counter(str(a.fault.kind) for a in self.applied if a.end_s is not None)
+        """Faults that ran to their end, by kind (a fault whose command failed is not one)."""
+        return Counter(str(a.fault.kind) for a in self.applied if a.done)
 
 
 class Injector:

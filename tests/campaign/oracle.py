@@ -284,8 +284,9 @@ class ClientOracle:
             return
         for event in missed:
             self._step(room, track, event, origin="missed")
+        covered = {(str(e.get("epoch")), int(e.get("offset") or 0)) for e in missed}
         for event in buffered:
-            self._merge_buffered(room, track, event)
+            self._merge_buffered(room, track, event, covered)
         if track.epoch == epoch and track.offset < offset:
             self.flag(
                 "missed_incomplete",
@@ -307,9 +308,13 @@ class ClientOracle:
                 continue
             self._step(room, track, event, origin="live")
 
-    def _merge_buffered(self, room: str, track: RoomTrack, event: dict[str, Any]) -> None:
+    def _merge_buffered(
+        self, room: str, track: RoomTrack, event: dict[str, Any], covered: set[Position]
+    ) -> None:
+        """A live event that came while the join was in flight: an overlap when this answer's
+        ``missed`` had it (not delivered twice), otherwise judged like any live event."""
         epoch, offset = str(event.get("epoch")), int(event.get("offset") or 0)
-        if epoch == track.epoch and offset <= track.offset and track.has(epoch, offset):
+        if (epoch, offset) in covered:
             known = self.log.event_at(room, epoch, offset)
             if known is not None and known != str(event.get("id")):
                 self.flag(

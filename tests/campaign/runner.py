@@ -127,7 +127,14 @@ async def _run(
         client_rng = random.Random(config.seed * 1000 + i)
         run.clients.append(
             CampaignClient(
-                f"c{i}", f"cliente-{i}", rooms, topology.ws_urls, oracle, client_rng, ws_session
+                f"c{i}",
+                f"cliente-{i}",
+                [f"cliente_{i}", "all_clientes"],
+                rooms,
+                topology.ws_urls,
+                oracle,
+                client_rng,
+                ws_session,
             )
         )
     stop_clients = asyncio.Event()

@@ -26,7 +26,7 @@ SEED = int(os.environ.get("CAMPAIGN_SEED", "1604"))
 async def test_fault_campaign_keeps_the_delivery_guarantee(
     django_site: Any, tmp_path: Path
 ) -> None:
-    config = Config(seed=SEED, fault_s=80.0)
+    config = Config(seed=SEED, fault_s=100.0)
     result = await run_campaign(config, tmp_path / "campaign", django_site.base_url)
     print(result.summary())
     assert all(result.injected.get(str(kind), 0) >= 3 for kind in ALL_KINDS), result.summary()

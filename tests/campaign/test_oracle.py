@@ -135,6 +135,14 @@ def test_events_before_the_answer_to_authenticate_wait_for_the_rejoin() -> None:
     assert kinds(o) == [] and o.count.overlaps == 1 and o.position(ROOM) == ("e1", 3)
 
 
+def test_an_old_event_sent_again_during_a_join_is_a_duplicate_not_an_overlap() -> None:
+    o = member(0)
+    o.on_event(ev(1))
+    o.on_event(ev(2))
+    recover(o, joined(3, missed=[ev(3)]), ev(2), ev(3))
+    assert kinds(o) == ["duplicate"] and o.count.overlaps == 1
+
+
 def test_rejoin_that_loses_events_is_caught() -> None:
     """Issue 16 item 1: answered recovered with nothing missed, then live event 3: 2 is lost."""
     o = member(0)
