@@ -51,6 +51,7 @@ class CampaignClient:
         self.rng = rng
         self.session = session
         self.closes: Counter[str] = Counter()
+        self.close_log: list[tuple[float, str, str]] = []  # (t, node, code or "dropped")
         self.node: str | None = None  # the node we are authenticated on
         self.authenticated = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -203,6 +204,7 @@ class CampaignClient:
     def _judge_close(self, code: int | None, name: str) -> None:
         label = "dropped" if self._dropped else str(code)
         self.closes[label] += 1
+        self.close_log.append((self.oracle.clock(), name, label))
         self.oracle.note(f"conn#{self._conn} to {name} closed: {label}")
         if self._dropped or code in EXPECTED_CLOSES or code is None or code == -1:
             return

@@ -19,9 +19,10 @@ from redis.exceptions import RedisError
 from tests.campaign.client import CampaignClient
 from tests.campaign.oracle import Violation
 from tests.campaign.schedule import Fault, Kind
-from tests.campaign.topology import ProcessStartError, Topology
+from tests.campaign.topology import DRAIN_S, ProcessStartError, Topology
 
 NODE_RESTART_ATTEMPTS = 3
+DRAIN_MARGIN_S = DRAIN_S + 1.0  # closes up to this long after SIGTERM belong to the drain
 
 
 @dataclass
@@ -191,3 +192,28 @@ class Injector:
         chosen = random.Random(f"storm {fault.at_s}").sample(list(self.clients), count)
         dropped = sum(client.drop() for client in chosen)
         return f"{dropped} clients reconnect at once"
+
+
+def drain_violations(log: FaultLog, clients: Sequence[CampaignClient]) -> list[Violation]:
+    """Contract §2: a node shutting down (SIGTERM) closes its clients with 1012 within the drain.
+    A client of the draining node closed with anything else (an abnormal close: the node exited
+    without closing it) is a violation."""
+    found = []
+    for applied in log.applied:
+        if applied.fault.kind is not Kind.NODE_TERM or applied.end_s is None:
+            continue
+        node = applied.fault.target
+        for client in clients:
+            for t, name, code in client.close_log:
+                if name != node or code in ("1012", "dropped") or not _during_drain(applied, t):
+                    continue
+                detail = f"{node} closed {client.name} with {code} while draining after SIGTERM"
+                violation = Violation("drain_close", client.name, "-", t, detail)
+                violation.faults = log.around(t)
+                found.append(violation)
+    return found
+
+
+def _during_drain(applied: Applied, t: float) -> bool:
+    exited = applied.start_s + DRAIN_MARGIN_S
+    return applied.start_s <= t <= min(exited, applied.end_s or exited)

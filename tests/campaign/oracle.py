@@ -457,6 +457,8 @@ def check_final(
 def _check_publish(
     pub: Published, room: str, log: RoomLog, members: list[ClientOracle], now: float
 ) -> list[Violation]:
+    """The publish's violations, dated when it was published (their traces are its faults)."""
+    now = pub.at_s
     positions = log.positions(room, event_id=pub.event_id, tag=pub.tag)
     what = f"{pub.source} publish {pub.tag} (id {pub.event_id[:12] or '?'})"
     if len(positions) > 1:

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.campaign.client import CampaignClient
-from tests.campaign.faults import Injector
+from tests.campaign.faults import Injector, drain_violations
 from tests.campaign.oracle import ClientOracle, Position, Published, RoomLog, Violation, check_final
 from tests.campaign.publishers import (
     ApiPublisher,
@@ -39,6 +39,7 @@ SHARED_ROOMS = (*PUBLIC_ROOMS, "all_clientes")
 SETTLE_S = 90.0  # generous: a loaded 2-core machine, nodes restarting
 FENCE_S = 90.0
 QUIET_S = 1.5
+PUBLISH_SPAN_S = 10.0  # faults this long after a publish started are shown with its violations
 # shares of the publish rate
 SHARES = {"api": 0.4, "publisher": 0.3, "ingest": 0.22, "client": 0.08}
 
@@ -180,8 +181,11 @@ async def _run(
         await ingest.aclose()
     oracles = [c.oracle for c in run.clients]
     final = check_final(ledger.records, oracles, run.log, fences, clock)
-    for violation in final:
-        run.attach_faults(violation)
+    for violation in final:  # a publish is retried for a while: the faults around its life
+        violation.faults = run.injector.log.around(
+            violation.at_s + PUBLISH_SPAN_S, 5 + PUBLISH_SPAN_S
+        )
+    final += drain_violations(run.injector.log, run.clients)
     violations = [v for o in oracles for v in o.violations] + run.system + final
     notes = [f"restarted after the faults: {restarted}"] if restarted else []
     if not settled:
