@@ -278,6 +278,8 @@ class ClientOracle:
             self.flag("not_recovered", room, f"since {_pos(since)} answered recovered=false")
             self._baseline(room, track, epoch, offset, buffered)
             return
+        if epoch != track.epoch and track.offset == 0:
+            track.epoch = epoch  # nothing seen yet: any epoch's history from offset 1 covers it
         if epoch != track.epoch:
             self.flag("new_epoch", room, f"since {_pos(since)} answered epoch {short(epoch)}")
             self._baseline(room, track, epoch, offset, buffered)
@@ -334,6 +336,8 @@ class ClientOracle:
                 "conflict", room, f"two events at {short(epoch)}:{offset}: {other} and "
                 f"{describe(event)}"
             )  # fmt: skip
+        if epoch != track.epoch and track.offset == 0:
+            track.epoch = epoch  # the room's first publish ends the placeholder epoch "0"
         if epoch != track.epoch:
             self.flag(
                 "new_epoch",

@@ -104,6 +104,23 @@ def test_a_new_epoch_in_the_live_stream_is_a_violation() -> None:
     assert kinds(o) == ["new_epoch"]
 
 
+def test_the_first_publish_of_an_unpublished_room_ends_its_placeholder_epoch() -> None:
+    """A room nothing was published to answers offset 0 of epoch "0" (docs/cluster.md): offset 1
+    of any epoch comes next, live or recovered; after that a new epoch is a violation again."""
+    o = oracle()
+    o.begin_join(ROOM)
+    o.on_joined(ROOM, joined(0, epoch="0"), None)
+    o.on_event(ev(1, epoch="e1"))
+    assert kinds(o) == [] and o.position(ROOM) == ("e1", 1)
+    late = oracle()
+    late.begin_join(ROOM)
+    late.on_joined(ROOM, joined(0, epoch="0"), None)
+    recover(late, joined(2, epoch="e1", missed=[ev(1), ev(2)]))
+    assert kinds(late) == [] and late.position(ROOM) == ("e1", 2)
+    o.on_event(ev(2, epoch="e2"))
+    assert kinds(o) == ["new_epoch"]
+
+
 def test_an_event_of_a_room_never_joined_is_stray() -> None:
     o = member(0)
     o.on_event(ev(1, room="location_9"))
