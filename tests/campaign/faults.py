@@ -105,6 +105,7 @@ class Injector:
             Kind.PROXY_STALL: self._proxy_stall,
             Kind.PROXY_CUT: self._proxy_cut,
             Kind.STORM: self._storm,
+            Kind.WORKER_KILL: self._worker_restart,
         }[fault.kind]
         return await handler(fault)
 
@@ -161,24 +162,33 @@ class Injector:
                 )
         return outcome
 
+    async def _worker_restart(self, fault: Fault) -> str:
+        code = await self.topology.stop_worker(signal.SIGKILL)
+        await asyncio.sleep(fault.duration_s)
+        await self.topology.start_worker()
+        return f"exit {code}, back"
+
     # --- proxies ------------------------------------------------------------------------------
     async def _proxy_delay(self, fault: Fault) -> str:
         proxy = self.topology.proxies[fault.target]
-        proxy.set_delay(float(fault.params["latency_s"]))
+        pubsub_only = fault.params.get("scope") == "pubsub"
+        proxy.set_delay(float(fault.params["latency_s"]), pubsub_only=pubsub_only)
         try:
             await asyncio.sleep(fault.duration_s)
         finally:
-            proxy.set_delay(0.0)
+            proxy.set_delay(0.0, pubsub_only=pubsub_only)
         return "delayed"
 
     async def _proxy_stall(self, fault: Fault) -> str:
         proxy = self.topology.proxies[fault.target]
-        proxy.stall(True)
+        pubsub_only = fault.params.get("scope") == "pubsub"
+        held = proxy.pubsub_connections if pubsub_only else proxy.open_connections
+        proxy.stall(True, pubsub_only=pubsub_only)
         try:
             await asyncio.sleep(fault.duration_s)
         finally:
-            proxy.stall(False)
-        return f"stalled {proxy.open_connections} connections"
+            proxy.stall(False, pubsub_only=pubsub_only)
+        return f"stalled {held} connections"
 
     async def _proxy_cut(self, fault: Fault) -> str:
         cut = self.topology.proxies[fault.target].cut(refuse_s=fault.duration_s)

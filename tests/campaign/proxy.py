@@ -7,6 +7,9 @@ so a fault can hit one process's connections and leave the others alone:
   throughput cap: chunks overlap in flight, order is kept);
 - ``stall(True)``: nothing is forwarded, both ways, while the sockets stay open; what arrives
   meanwhile waits in a bounded queue, then the kernel buffers fill (TCP backpressure);
+- both take ``pubsub_only=True``: only connections that sent ``SUBSCRIBE``/``SSUBSCRIBE`` are
+  hit, so a node's live stream lags behind its history reads (which travel on another
+  connection) — the interleaving exact recovery must survive;
 - ``cut(refuse_s)``: every open connection is aborted at once (both sides), and for ``refuse_s``
   new connections are accepted and closed at once (a partition that heals).
 
@@ -44,23 +47,26 @@ class _Pipe:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
         self.proxy = proxy
+        self.pubsub = False  # the client sent (S)SUBSCRIBE: a pub/sub connection
         self.writers = (client[1], upstream[1])
         self.tasks: list[asyncio.Task[None]] = []
         for src, dst, up in ((client[0], upstream[1], True), (upstream[0], client[1], False)):
             queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(QUEUE_CHUNKS)
-            self.tasks.append(asyncio.create_task(self._read(src, queue)))
+            self.tasks.append(asyncio.create_task(self._read(src, queue, up)))
             self.tasks.append(asyncio.create_task(self._write(queue, dst, up)))
         self.done = asyncio.Event()
 
     async def _read(
-        self, src: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes] | None]
+        self, src: asyncio.StreamReader, queue: asyncio.Queue[tuple[float, bytes] | None], up: bool
     ) -> None:
         try:
             while True:
                 data = await src.read(CHUNK_BYTES)
                 if not data:
                     break
-                await queue.put((time.monotonic() + self.proxy.delay_s, data))
+                if up and not self.pubsub and b"SUBSCRIBE" in data.upper():
+                    self.pubsub = True
+                await queue.put((time.monotonic() + self.proxy.delay_for(self), data))
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -82,6 +88,8 @@ class _Pipe:
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
                 await self.proxy.flowing.wait()
+                if self.pubsub:
+                    await self.proxy.pubsub_flowing.wait()
                 dst.write(data)
                 await dst.drain()
                 if up:
@@ -112,8 +120,11 @@ class FaultProxy:
         self.name = name
         self.upstream = (upstream_host, upstream_port)
         self.delay_s = 0.0
+        self.pubsub_delay_s = 0.0
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.pubsub_flowing = asyncio.Event()
+        self.pubsub_flowing.set()
         self.stats = ProxyStats()
         self._refuse_until = 0.0
         self._pipes: set[_Pipe] = set()
@@ -147,14 +158,25 @@ class FaultProxy:
             await self._server.wait_closed()
 
     # --- faults -------------------------------------------------------------------------------
-    def set_delay(self, seconds: float) -> None:
-        self.delay_s = max(0.0, seconds)
-
-    def stall(self, stalled: bool) -> None:
-        if stalled:
-            self.flowing.clear()
+    def set_delay(self, seconds: float, *, pubsub_only: bool = False) -> None:
+        if pubsub_only:
+            self.pubsub_delay_s = max(0.0, seconds)
         else:
-            self.flowing.set()
+            self.delay_s = max(0.0, seconds)
+
+    def delay_for(self, pipe: _Pipe) -> float:
+        return self.delay_s + (self.pubsub_delay_s if pipe.pubsub else 0.0)
+
+    def stall(self, stalled: bool, *, pubsub_only: bool = False) -> None:
+        gate = self.pubsub_flowing if pubsub_only else self.flowing
+        if stalled:
+            gate.clear()
+        else:
+            gate.set()
+
+    @property
+    def pubsub_connections(self) -> int:
+        return sum(pipe.pubsub for pipe in self._pipes)
 
     def cut(self, refuse_s: float = 0.0) -> int:
         """Abort every open connection; refuse new ones for ``refuse_s``. Returns how many
@@ -168,8 +190,9 @@ class FaultProxy:
 
     def heal(self) -> None:
         """No delay, no stall, no partition."""
-        self.set_delay(0.0)
-        self.stall(False)
+        for pubsub_only in (False, True):
+            self.set_delay(0.0, pubsub_only=pubsub_only)
+            self.stall(False, pubsub_only=pubsub_only)
         self._refuse_until = 0.0
 
     # --- plumbing -----------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from redis.exceptions import RedisError
 
+from gateway.backend.keys import Keys
 from tests.campaign.client import CampaignClient
 from tests.campaign.faults import Injector, drain_violations
 from tests.campaign.oracle import ClientOracle, Position, Published, RoomLog, Violation, check_final
@@ -169,6 +171,8 @@ async def _run(
         stop_publishing.set()
         await asyncio.gather(*publishers)
         phases["publishers_done"] = clock()
+        drained = await _ingest_drained(topology, SETTLE_S)
+        phases["ingest_drained"] = clock()
         settled = await _until_soft(lambda: all(c.settled for c in run.clients), SETTLE_S)
         phases["settled"] = clock()
         fences = await _fence(run, ledger, direct)
@@ -190,6 +194,8 @@ async def _run(
     notes = [f"restarted after the faults: {restarted}"] if restarted else []
     if not settled:
         notes.append("not every client settled before the fence")
+    if not drained:
+        notes.append("the worker had not published every ingest entry before the fence")
     return Result.build(
         config=config,
         schedule=schedule,
@@ -287,6 +293,31 @@ async def _until_soft(predicate: Callable[[], bool], timeout_s: float) -> bool:
             return False
         await asyncio.sleep(0.1)
     return True
+
+
+async def _ingest_drained(topology: Topology, timeout_s: float) -> bool:
+    """Until the worker has read every ingest entry and acknowledged it (a killed worker's
+    entries are re-claimed after ``GATEWAY_INGEST_CLAIM_IDLE_S``): the fence must come after."""
+    keys = Keys("gateway")
+    admin = topology.admin()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while loop.time() < deadline:
+            try:
+                groups = await admin.xinfo_groups(keys.ingest)
+            except RedisError:
+                groups = None
+            if groups is not None and all(_group_done(g) for g in groups):
+                return True
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.aclose()
+    return False
+
+
+def _group_done(group: dict[str, object]) -> bool:
+    return group.get("pending") == 0 and group.get("lag") in (0, None)
 
 
 def _log_errors(topology: Topology) -> dict[str, int]:

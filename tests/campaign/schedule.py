@@ -23,6 +23,7 @@ class Kind(enum.StrEnum):
     PROXY_STALL = "proxy_stall"  # nothing forwarded, sockets open
     PROXY_CUT = "proxy_cut"  # connections aborted, new ones refused for a while
     STORM = "storm"  # many clients drop their connection and reconnect at once
+    WORKER_KILL = "worker_kill"  # SIGKILL the worker mid-ingest, restart it
 
 
 ALL_KINDS = tuple(Kind)
@@ -36,6 +37,7 @@ _RESOURCE = {
     Kind.NODE_KILL: "nodes",
     Kind.NODE_TERM: "nodes",
     Kind.STORM: "clients",
+    Kind.WORKER_KILL: "worker",
 }
 
 
@@ -75,14 +77,22 @@ def _params(kind: Kind, rng: random.Random) -> tuple[float, dict[str, float | st
     if kind is Kind.REDIS_RESTART:
         return round(rng.uniform(0.2, 2.5), 2), {"signal": rng.choice(["TERM", "KILL"])}
     if kind is Kind.PROXY_DELAY:
-        return round(rng.uniform(2.0, 8.0), 2), {"latency_s": round(rng.uniform(0.02, 0.4), 3)}
+        latency_s = round(rng.uniform(0.02, 0.4), 3)
+        return round(rng.uniform(2.0, 8.0), 2), {"latency_s": latency_s, "scope": _scope(rng)}
     if kind is Kind.PROXY_STALL:
-        return round(rng.uniform(0.5, 7.0), 2), {}
+        return round(rng.uniform(0.5, 7.0), 2), {"scope": _scope(rng)}
+    if kind is Kind.WORKER_KILL:
+        return round(rng.uniform(0.5, 3.0), 2), {}
     if kind is Kind.PROXY_CUT:
         return round(rng.choice([0.0, rng.uniform(0.5, 3.0)]), 2), {}
     if kind is Kind.STORM:
         return 0.0, {"fraction": round(rng.uniform(0.4, 1.0), 2)}
     return 0.0, {}
+
+
+def _scope(rng: random.Random) -> str:
+    """``pubsub``: only the pub/sub connections behind the proxy (live events lag the history)."""
+    return rng.choice(["all", "pubsub"])
 
 
 def _target(kind: Kind, rng: random.Random, targets: Targets) -> str:

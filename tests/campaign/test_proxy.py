@@ -77,3 +77,25 @@ async def test_cut_closes_open_connections_and_refuses_for_a_while(proxy: FaultP
     assert await ping(healed) == b"+PONG\r\n"
     for stream_writer in (writer, refused[1], healed[1]):
         stream_writer.close()
+
+
+async def test_a_pubsub_only_stall_holds_the_live_stream_and_not_the_commands(
+    proxy: FaultProxy,
+) -> None:
+    subscriber = await connect(proxy)
+    subscriber[1].write(b"SUBSCRIBE ch\r\n")
+    assert await subscriber[0].readexactly(len(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"))
+    commands = await connect(proxy)
+    assert await ping(commands) == b"+PONG\r\n"
+    assert proxy.pubsub_connections == 1
+    proxy.stall(True, pubsub_only=True)
+    commands[1].write(b"PUBLISH ch hello\r\n")
+    assert await commands[0].readline() == b":1\r\n"  # commands flow: it was published
+    message = asyncio.create_task(subscriber[0].readuntil(b"hello\r\n"))
+    await asyncio.sleep(0.5)
+    assert not message.done()  # the live stream waits...
+    proxy.stall(False, pubsub_only=True)
+    async with asyncio.timeout(10):
+        assert (await message).endswith(b"hello\r\n")  # ...and resumes, nothing lost
+    for _reader, writer in (subscriber, commands):
+        writer.close()

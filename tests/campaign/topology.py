@@ -150,6 +150,18 @@ class Topology:
     async def start_node(self, name: str) -> None:
         await start(self.nodes[name])
 
+    async def stop_worker(self, sig: signal.Signals) -> int | None:
+        assert self.worker is not None
+        os.kill(self.worker.pid, sig)
+        code = await wait_exit(self.worker, 15)
+        if code is None:
+            self.worker.kill()
+        return code
+
+    async def start_worker(self) -> None:
+        assert self.worker is not None
+        await start(self.worker)
+
     async def stop_redis(self, sig: signal.Signals) -> None:
         os.kill(self.redis.pid, sig)
         if await wait_exit(self.redis, 15) is None:
