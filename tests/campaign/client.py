@@ -231,7 +231,7 @@ class CampaignClient:
     async def _on_event(self, ws: Any, data: dict[str, Any], frame_id: Any) -> None:
         if not self.authenticated:
             self.oracle.count.early_events += 1
-        self.oracle.on_event(data)
+        self.oracle.on_event(data, early=not self.authenticated)
 
     async def _on_auth_success(self, ws: Any, data: dict[str, Any], frame_id: Any) -> None:
         self.authenticated = True

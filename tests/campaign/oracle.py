@@ -10,7 +10,9 @@ the raw frames in the order they arrived and models a client that follows the pr
 - the answer's ``missed`` events come first, then the buffered ones. A buffered event that
   ``missed`` already covered is an *overlap*: it was sent live before the node read the history
   the answer came from, so the client cannot avoid seeing it twice on the wire; it is counted,
-  checked to be the very same event, and not delivered again. Everything else is strict;
+  checked to be the very same event, and not delivered again. An event the client already had
+  that a node sends again on a new connection before ``auth_success`` (the automatic rooms'
+  live backlog) is a ``stale_duplicate``. Everything else is strict;
 - after the answer, live events must continue at +1.
 
 ``RoomLog`` is what all clients saw, by room and position: two different events at one
@@ -28,6 +30,7 @@ from typing import Any
 TRACE_BEFORE = 24  # entries of the client's trace kept before a violation
 TRACE_AFTER = 8  # and after it
 MAX_SKIPPED = 5000  # offsets remembered from gaps, to tell a late event from a duplicate
+EARLY = "_campaign_early"  # marks a buffered event that came before auth_success
 # violations after which a client's position restarts: what it lacks is counted there
 RESETS = frozenset({"not_recovered", "new_epoch", "fence_missing", "missed_incomplete"})
 
@@ -242,9 +245,13 @@ class ClientOracle:
         return any(v.room == room and v.kind in RESETS for v in self.violations)
 
     # --- what the client received -------------------------------------------------------------
-    def on_event(self, data: dict[str, Any]) -> None:
+    def on_event(self, data: dict[str, Any], *, early: bool = False) -> None:
+        """A live ``event`` frame; ``early``: it came before ``auth_success`` on a new
+        connection (from the automatic room the node joined at authentication)."""
         room = str(data.get("room"))
-        self.note(f"event {describe(data)}", room)
+        self.note(f"event {describe(data)}{' (before auth_success)' if early else ''}", room)
+        if early:
+            data[EARLY] = True
         track = self.rooms.get(room)
         if track is None:
             self.flag("stray_event", room, f"an event of a room never joined: {describe(data)}")
@@ -325,6 +332,14 @@ class ClientOracle:
                     f"two events at {short(epoch)}:{offset}: {known} and {describe(event)}",
                 )
             self.count.overlaps += 1
+            return
+        if event.get(EARLY) and epoch == track.epoch and track.has(epoch, offset):
+            self.flag(
+                "stale_duplicate",
+                room,
+                f"event {offset}, which the client already had, sent again on its new connection "
+                f"before auth_success (the node's live backlog for an automatic room)",
+            )
             return
         self._step(room, track, event, origin="live")
 

@@ -160,6 +160,21 @@ def test_an_old_event_sent_again_during_a_join_is_a_duplicate_not_an_overlap() -
     assert kinds(o) == ["duplicate"] and o.count.overlaps == 1
 
 
+def test_old_events_sent_before_auth_success_on_a_new_connection_are_stale_duplicates() -> None:
+    """A node whose live stream lagged sends a reconnecting client's automatic room events it
+    already had, before ``auth_success``: the client gets them twice."""
+    o = member(0)
+    for offset in (1, 2, 3):
+        o.on_event(ev(offset))
+    o.hold([ROOM])
+    o.on_event(ev(2), early=True)
+    o.on_event(ev(3), early=True)
+    o.on_event(ev(4), early=True)
+    recover(o, joined(4, missed=[ev(4)]))
+    assert kinds(o) == ["stale_duplicate", "stale_duplicate"]
+    assert o.count.overlaps == 1 and o.position(ROOM) == ("e1", 4)
+
+
 def test_rejoin_that_loses_events_is_caught() -> None:
     """Issue 16 item 1: answered recovered with nothing missed, then live event 3: 2 is lost."""
     o = member(0)

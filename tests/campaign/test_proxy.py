@@ -84,7 +84,8 @@ async def test_a_pubsub_only_stall_holds_the_live_stream_and_not_the_commands(
 ) -> None:
     subscriber = await connect(proxy)
     subscriber[1].write(b"SUBSCRIBE ch\r\n")
-    assert await subscriber[0].readexactly(len(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"))
+    confirmed = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    assert await subscriber[0].readexactly(len(confirmed)) == confirmed
     commands = await connect(proxy)
     assert await ping(commands) == b"+PONG\r\n"
     assert proxy.pubsub_connections == 1
