@@ -26,6 +26,8 @@ class HistoryPolicy:
     size: int = 100
     ttl_s: int = 600
     meta_ttl_s: int = 86400
+    # how long an idempotency key is remembered; the worker raises it to cover its reclaims
+    idempotency_ttl_s: int = IDEMPOTENCY_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ def build_calls(
             max(policy.meta_ttl_s, policy.ttl_s),
             epoch,
             "1" if idempotency_key else "",
-            IDEMPOTENCY_TTL_S,
+            policy.idempotency_ttl_s,
             "SPUBLISH" if sharded else "PUBLISH",
             event_id,
             record_inline,
