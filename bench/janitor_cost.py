@@ -84,8 +84,10 @@ async def run(port: int, connections: int) -> None:
     settings = load_settings(redis_url=f"redis://127.0.0.1:{port}/0", janitor_interval_s=5)
     janitor = Janitor(client, settings, WorkerMetrics(), asyncio.Event())
 
+    period = getattr(KEYS, "job_period", None)  # absent before the per-node sweeps
+
     async def tick() -> None:  # a new period each time: every tick sweeps
-        await client.delete(KEYS.lease("janitor"), f"{KEYS.lease('janitor')}:period")
+        await client.delete(KEYS.lease("janitor"), *([period("janitor")] if period else []))
         await janitor.tick()
 
     await _measure(client, "worker janitor tick (one per 5 s)", SWEEPS, tick)
@@ -94,7 +96,8 @@ async def run(port: int, connections: int) -> None:
     await _measure(client, "presence all_clientes", 20, lambda: broadcast("all_clientes"))
     await _measure(client, "presence service_7", 20, lambda: state.presence("service_7"))
     await client.delete(KEYS.node_lease(NODES[1]))
-    await _measure(client, f"sweep of a dead node ({connections // 2} connections)", 1, state.cleanup)
+    dead = f"sweep of a dead node ({connections // 2} connections)"
+    await _measure(client, dead, 1, state.cleanup)
     await client.aclose()
 
 
