@@ -44,6 +44,8 @@ from gateway.events import UNPUBLISHED_EPOCH, new_epoch, now_ms
 
 log = logging.getLogger("gateway.redis")
 
+POSITIONS_BATCH = 1000
+
 
 def plain_url(url: str) -> str:
     return url.replace("+cluster", "")
@@ -285,15 +287,17 @@ class RedisBackend:
         return self._recovery(room, await script.run(self.client, keys, args))
 
     async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
-        pipe = self.client.pipeline(transaction=False)
-        for room in rooms:
-            pipe.hmget(self.keys.room_meta(room), ["epoch", "offset"])
         found: dict[str, Position] = {}
-        for room, (epoch, offset) in zip(rooms, await pipe.execute(), strict=True):
-            if epoch is None:
-                found[room] = Position(0, UNPUBLISHED_EPOCH)
-            else:
-                found[room] = Position(int(offset or 0), epoch.decode())
+        for i in range(0, len(rooms), POSITIONS_BATCH):  # bounded pipelines on big nodes
+            chunk = rooms[i : i + POSITIONS_BATCH]
+            pipe = self.client.pipeline(transaction=False)
+            for room in chunk:
+                pipe.hmget(self.keys.room_meta(room), ["epoch", "offset"])
+            for room, (epoch, offset) in zip(chunk, await pipe.execute(), strict=True):
+                if epoch is None:
+                    found[room] = Position(0, UNPUBLISHED_EPOCH)
+                else:
+                    found[room] = Position(int(offset or 0), epoch.decode())
         return found
 
     async def new_epoch(self, room: str, old_epoch: str) -> Position:

@@ -501,3 +501,12 @@ async def test_heartbeat_and_nodes_snapshot(backend: Harness) -> None:
     assert mine["rssBytes"] == 1000
     assert isinstance(mine["lastSeenMs"], int) and abs(mine["lastSeenMs"] - now_ms()) < 10_000
     assert await b.ready() is True
+
+
+async def test_positions_reads_rooms_without_creating_them(backend: Harness) -> None:
+    b = backend.backend
+    await backend.publish("room_a", 2)
+    found = await b.positions(["room_a", "room_never"])
+    epoch = (await b.history_since("room_a", None)).position.epoch
+    assert found == {"room_a": Position(2, epoch), "room_never": Position(0, UNPUBLISHED_EPOCH)}
+    assert (await b.history_since("room_never", None)).position == Position(0, UNPUBLISHED_EPOCH)
