@@ -51,6 +51,7 @@ from gateway.rooms import (
     check_access,
     check_sender,
     default_rooms,
+    is_broadcast_room,
     rooms_from_answer,
 )
 from gateway.session import Session, Transport
@@ -216,6 +217,11 @@ class Node:
         log.debug("connection %s opened from %s", session.id, ip)
         return session
 
+    def _cancel_auth_deadline(self, session: Session) -> None:
+        timer = self._auth_timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+
     def _auth_deadline(self, session: Session) -> None:
         self._auth_timers.pop(session, None)
         if session.identity is None and not session.closed:
@@ -349,6 +355,8 @@ class Node:
         anything; they must match the token's identity."""
         if session.identity is not None:
             raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")
+        self._cancel_auth_deadline(session)  # the deadline is for sending it; Django's own
+        # timeout bounds the verification
         try:
             identity = await self.django.verify(token)
             if (user_id is not None and user_id != identity.user_id) or (
@@ -367,9 +375,6 @@ class Node:
             return
         if session.closed:
             return
-        timer = self._auth_timers.pop(session, None)
-        if timer is not None:
-            timer.cancel()
         rooms = automatic_rooms(identity)
         session.identity = identity
         session.token = token
@@ -528,6 +533,9 @@ class Node:
     ) -> None:
         assert session.identity is not None
         check_access(session.identity, payload.room)
+        if is_broadcast_room(payload.room):  # a count only: privacy, and size
+            await self._presence_count(session, payload.room, frame_id)
+            return
         try:
             members = await self.backend.presence(payload.room)
         except BACKEND_ERRORS:
@@ -540,6 +548,14 @@ class Node:
             ],
         }
         self.reply(session, "presence", data, frame_id)
+
+    async def _presence_count(self, session: Session, room: str, frame_id: FrameId | None) -> None:
+        try:
+            count = await self.backend.room_count(room)
+        except BACKEND_ERRORS:
+            self.metrics.redis_errors.labels("presence").inc()
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence is unavailable, retry") from None
+        self.reply(session, "presence", {"room": room, "count": count}, frame_id)
 
     # --- business events ----------------------------------------------------------------------
     async def _business(
