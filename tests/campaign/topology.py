@@ -80,7 +80,8 @@ class Topology:
         self.worker = WorkerProcess(
             self.run_dir / "worker",
             self.django_base_url,
-            env=self._env(self.proxies[WORKER_PROXY]),
+            # a killed worker's entries are re-claimed after 5 s, not 30: bounded runs
+            env={**self._env(self.proxies[WORKER_PROXY]), "GATEWAY_INGEST_CLAIM_IDLE_S": "5"},
             worker_id="campaign-worker",
         )
         await asyncio.gather(*(start(p) for p in [*self.nodes.values(), self.worker]))
