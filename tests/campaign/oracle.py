@@ -170,6 +170,7 @@ class Counters:
     rejoin_frames: int = 0
     connections: int = 0
     early_events: int = 0  # events a node sent before ``auth_success`` (automatic rooms)
+    max_missed: int = 0  # the longest ``missed`` list one answer carried (not summed)
 
 
 class ClientOracle:
@@ -276,6 +277,7 @@ class ClientOracle:
             room,
         )
         buffered, track.buffer, track.joining = track.buffer, [], False
+        self.count.max_missed = max(self.count.max_missed, len(missed))
         epoch, offset = str(data.get("epoch")), int(data.get("offset") or 0)
         if since is None or track.epoch is None:
             self._baseline(room, track, epoch, offset, buffered)

@@ -57,7 +57,8 @@ class Result:
         total = Counters()
         for oracle in oracles:
             for name, value in asdict(oracle.count).items():
-                setattr(total, name, getattr(total, name) + value)
+                merged = max if name.startswith("max_") else int.__add__
+                setattr(total, name, merged(getattr(total, name), value))
         closes: Counter[str] = Counter()
         for client in clients:
             closes.update(client.closes)
@@ -100,7 +101,8 @@ class Result:
                 f"{k} {self.acked.get(k, 0)}/{v}" for k, v in sorted(self.published.items())
             ),
             f"delivered {c['delivered']} events to clients ({c['live']} live, "
-            f"{c['recovered_events']} recovered in missed); {c['recoveries']} recoveries, "
+            f"{c['recovered_events']} recovered in missed); {c['recoveries']} recoveries "
+            f"(longest missed: {c['max_missed']} events), "
             f"{c['rejoin_frames']} rejoin frames, {c['overlaps']} overlaps, "
             f"{c['connections']} connections, {c['early_events']} events before auth_success",
             "faults injected by kind: "
