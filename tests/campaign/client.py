@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.campaign.oracle import ClientOracle, Published
+from tests.campaign.ledger import Published
+from tests.campaign.oracle import ClientOracle
 
 EXPECTED_CLOSES = frozenset({1012, 1013, 1006})  # drain, retry later, abnormal (node died)
 JOIN_RETRY_CODES = frozenset({"unavailable", "rate_limited"})

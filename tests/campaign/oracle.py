@@ -16,8 +16,8 @@ the raw frames in the order they arrived and models a client that follows the pr
 - after the answer, live events must continue at +1.
 
 ``RoomLog`` is what all clients saw, by room and position: two different events at one
-(epoch, offset), or one publish at two offsets, are violations too. ``check_final`` holds the
-ledger of acknowledged publishes against every client at the end.
+(epoch, offset) are a violation too. ``ledger.check_final`` holds the acknowledged publishes
+against every client at the end.
 """
 
 from __future__ import annotations
@@ -420,93 +420,3 @@ def _span(events: Sequence[dict[str, Any]]) -> str:
     if not events:
         return "[]"
     return f"[{events[0].get('offset')}..{events[-1].get('offset')}]({len(events)})"
-
-
-# --- the end of a run -------------------------------------------------------------------------
-@dataclass
-class Published:
-    """One publish as the publisher saw it. ``acked``: the publisher got a success answer
-    (the API's offsets, the Publisher's offset, ``XADD``'s id, a business event's ``ack``)."""
-
-    tag: str
-    source: str  # api, publisher, ingest, client
-    rooms: tuple[str, ...]
-    acked: bool = False
-    event_id: str = ""
-    offsets: dict[str, int] = field(default_factory=dict)
-    attempts: int = 0
-    at_s: float = 0.0
-    error: str = ""
-
-
-def check_final(
-    ledger: Iterable[Published],
-    clients: Sequence[ClientOracle],
-    log: RoomLog,
-    fences: dict[str, Position],
-    clock: Callable[[], float],
-) -> list[Violation]:
-    """Every client reached every room's fence; every acknowledged publish is in its rooms once
-    and was delivered to every client of the room; no publish got two offsets.
-
-    A missing fence is flagged on the client's oracle (it joins that client's violations); the
-    ledger's violations are returned."""
-    found: list[Violation] = []
-    now = clock()
-    for oracle in clients:
-        for room, track in oracle.rooms.items():
-            fence = fences.get(room)
-            if fence is None:
-                continue
-            if track.epoch != fence[0] or track.offset < fence[1] or track.joining:
-                oracle.flag(
-                    "fence_missing",
-                    room,
-                    f"fence {short(fence[0])}:{fence[1]} not delivered; the client stands "
-                    f"at {short(track.epoch)}:{track.offset} joining={track.joining}",
-                )
-    members: dict[str, list[ClientOracle]] = {}
-    for oracle in clients:
-        for room in oracle.rooms:
-            members.setdefault(room, []).append(oracle)
-    for pub in ledger:
-        for room in pub.rooms:
-            found += _check_publish(pub, room, log, members.get(room, []), now)
-    return found
-
-
-def _check_publish(
-    pub: Published, room: str, log: RoomLog, members: list[ClientOracle], now: float
-) -> list[Violation]:
-    """The publish's violations, dated when it was published (their traces are its faults)."""
-    now = pub.at_s
-    positions = log.positions(room, event_id=pub.event_id, tag=pub.tag)
-    what = f"{pub.source} publish {pub.tag} (id {pub.event_id[:12] or '?'})"
-    if len(positions) > 1:
-        where = ", ".join(f"{short(e)}:{o}" for e, o in sorted(positions))
-        return [Violation("double_offset", "-", room, now, f"{what} at {where}")]
-    if not pub.acked or not members:
-        return []
-    if not positions:
-        known = pub.offsets.get(room)
-        if known is not None and all(_skipped(o, room, known) for o in members):
-            return []  # every member's gap already counts it
-        return [Violation("lost", "-", room, now, f"acknowledged {what} delivered to nobody")]
-    [(epoch, offset)] = positions
-    if room in pub.offsets and pub.offsets[room] != offset:
-        detail = f"{what} acknowledged at offset {pub.offsets[room]} but delivered at {offset}"
-        return [Violation("wrong_offset", "-", room, now, detail)]
-    missing = [
-        o.name
-        for o in members
-        if not o.delivered(room, epoch, offset) and not o.accounted(room, epoch, offset)
-    ]
-    if missing:
-        detail = f"acknowledged {what} at {short(epoch)}:{offset} not delivered to {missing}"
-        return [Violation("not_delivered", ",".join(missing), room, now, detail)]
-    return []
-
-
-def _skipped(oracle: ClientOracle, room: str, offset: int) -> bool:
-    track = oracle.rooms.get(room)
-    return track is not None and any(o == offset for _e, o in track.skipped)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.backend.keys import Keys
 from gateway.publish import AsyncPublisher
-from tests.campaign.oracle import Published
+from tests.campaign.ledger import Ledger, Published
 
 
 class GiveUp(Exception):
@@ -40,27 +39,6 @@ MAX_IN_FLIGHT = 64  # per publisher: past this the steady rate waits (bounded)
 @dataclass(frozen=True)
 class Target:
     rooms: tuple[str, ...]
-
-
-class Ledger:
-    """Every publish of the run, in order; tags are unique."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.records: list[Published] = []
-        self._seq = 0
-
-    def new(self, source: str, rooms: Sequence[str]) -> Published:
-        self._seq += 1
-        pub = Published(f"{source[:3]}-{self._seq:07d}", source, tuple(rooms), at_s=self.clock())
-        self.records.append(pub)
-        return pub
-
-    def counts(self) -> tuple[Counter[str], Counter[str]]:
-        """(publishes by source, acknowledged publishes by source)."""
-        sent = Counter(p.source for p in self.records)
-        acked = Counter(p.source for p in self.records if p.acked)
-        return sent, acked
 
 
 def payload(pub: Published) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from tests.campaign.schedule import Fault, counts
 if TYPE_CHECKING:
     from tests.campaign.client import CampaignClient
     from tests.campaign.faults import FaultLog
-    from tests.campaign.publishers import Ledger
+    from tests.campaign.ledger import Ledger
     from tests.campaign.runner import Config
 
 MAX_TRACES = 12  # violations printed in full; the rest are counted by kind

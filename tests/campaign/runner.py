@@ -23,12 +23,12 @@ from redis.exceptions import RedisError
 from gateway.backend.keys import Keys
 from tests.campaign.client import CampaignClient
 from tests.campaign.faults import Injector, drain_violations
-from tests.campaign.oracle import ClientOracle, Position, Published, RoomLog, Violation, check_final
+from tests.campaign.ledger import Ledger, Published, check_final
+from tests.campaign.oracle import ClientOracle, Position, RoomLog, Violation
 from tests.campaign.publishers import (
     ApiPublisher,
     DirectPublisher,
     IngestPublisher,
-    Ledger,
     Publish,
     steady,
 )

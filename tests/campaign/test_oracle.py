@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.campaign.oracle import (
-    ClientOracle,
-    Published,
-    RoomLog,
-    RoomTrack,
-    check_final,
-)
+from tests.campaign.ledger import Published, check_final
+from tests.campaign.oracle import ClientOracle, RoomLog, RoomTrack
 from tests.campaign.schedule import ALL_KINDS, Kind, Targets, counts, make_schedule
 
 ROOM = "service_1"
