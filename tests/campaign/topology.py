@@ -172,20 +172,18 @@ class Topology:
         await start(self.redis)
 
     async def heal(self) -> list[str]:
-        """Everything back up and forwarding; returns what had to be restarted."""
+        """Everything back up and forwarding; returns what had to be restarted (and what
+        could not be)."""
         restarted = []
         for proxy in self.proxies.values():
             proxy.heal()
-        if not self.redis.alive:
-            await self.start_redis()
-            restarted.append("redis")
-        for name, node in self.nodes.items():
-            if not node.alive:
-                await self.start_node(name)
-                restarted.append(name)
-        if self.worker is not None and not self.worker.alive:
-            await start(self.worker)
-            restarted.append("worker")
+        dead: list[ManagedProcess] = [p for p in self.processes() if not p.alive]
+        for proc in dead:  # Redis first: the others need it
+            try:
+                await start(proc)
+                restarted.append(proc.name)
+            except ProcessStartError as exc:
+                restarted.append(f"{proc.name} FAILED: {str(exc).splitlines()[0]}")
         return restarted
 
 
