@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tests.campaign.runner import Config, run_campaign
+from tests.campaign.schedule import CLUSTER_KINDS, SINGLE_KINDS
 from tests.support.django_site import DjangoSite
 
 
@@ -20,7 +21,9 @@ def parse(argv: list[str]) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(prog="python -m tests.campaign", description=__doc__)
     parser.add_argument("--minutes", type=float, default=2.0, help="length of the fault phase")
     parser.add_argument("--seed", type=int, default=1, help="fixes the fault schedule")
-    parser.add_argument("--cluster", action="store_true", help="Redis Cluster, 3+3 (planned)")
+    parser.add_argument(
+        "--cluster", action="store_true", help="Redis Cluster: 3 masters + 3 replicas"
+    )
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--clients", type=int, default=30)
     parser.add_argument("--rate", type=float, default=12.0, help="publishes per second")
@@ -35,6 +38,7 @@ def parse(argv: list[str]) -> tuple[Config, Path]:
         rate=args.rate,
         history_size=args.history_size,
         cluster=args.cluster,
+        kinds=CLUSTER_KINDS if args.cluster else SINGLE_KINDS,
     )
     out = args.out or Path(tempfile.mkdtemp(prefix=f"campaign-{args.seed}-"))
     return config, out

@@ -106,11 +106,16 @@ class Injector:
             Kind.PROXY_CUT: self._proxy_cut,
             Kind.STORM: self._storm,
             Kind.WORKER_KILL: self._worker_restart,
+            Kind.CLUSTER_FAILOVER: self._cluster_failover,
+            Kind.MASTER_CRASH: self._master_crash,
+            Kind.SLOT_MIGRATION: self._slot_migration,
         }[fault.kind]
         return await handler(fault)
 
     # --- Redis --------------------------------------------------------------------------------
     async def _pubsub_kill(self, fault: Fault) -> str:
+        if self.topology.cluster is not None:
+            return f"killed {await self.topology.cluster.pubsub_kill()}"
         admin = self.topology.admin()
         try:
             killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -119,6 +124,9 @@ class Injector:
         return f"killed {killed}"
 
     async def _redis_stall(self, fault: Fault) -> str:
+        if self.topology.cluster is not None:
+            master = int(fault.params.get("master", 0))
+            return await self.topology.cluster.stall(master, fault.duration_s)
         admin = self.topology.admin(timeout_s=fault.duration_s + 10)
         try:
             await admin.execute_command("DEBUG", "SLEEP", f"{fault.duration_s:.2f}")
@@ -132,6 +140,20 @@ class Injector:
         await asyncio.sleep(fault.duration_s)
         await self.topology.start_redis()
         return f"{sig.name}, back"
+
+    # --- Redis Cluster ------------------------------------------------------------------------
+    async def _cluster_failover(self, fault: Fault) -> str:
+        assert self.topology.cluster is not None
+        return await self.topology.cluster.failover(int(fault.params["master"]))
+
+    async def _master_crash(self, fault: Fault) -> str:
+        assert self.topology.cluster is not None
+        master = int(fault.params["master"])
+        return await self.topology.cluster.crash_master(master, fault.duration_s)
+
+    async def _slot_migration(self, fault: Fault) -> str:
+        assert self.topology.cluster is not None
+        return await self.topology.cluster.migrate(str(fault.params["room"]))
 
     # --- nodes --------------------------------------------------------------------------------
     async def _node_restart(self, fault: Fault) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.backend.keys import Keys
@@ -152,8 +151,8 @@ class IngestPublisher:
 
     source = "ingest"
 
-    def __init__(self, redis_url: str) -> None:
-        self.client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
+    def __init__(self, client: Any) -> None:
+        self.client = client  # redis.asyncio Redis (through a proxy) or RedisCluster
         self.stream = Keys("gateway").ingest
         self.event_ids = "event_id" in _ingest_fields()
 

@@ -56,7 +56,7 @@ class Config:
     history_size: int = 2000
     min_each: int = 3
     mean_gap_s: float = 3.0
-    kinds: tuple[Kind, ...] = ALL_KINDS
+    kinds: tuple[Kind, ...] = ALL_KINDS  # CLUSTER_KINDS with cluster=True
     cluster: bool = False
 
 
@@ -92,15 +92,14 @@ def _pick(clients: int) -> Callable[[random.Random], tuple[str, ...]]:
 
 
 async def run_campaign(config: Config, run_dir: Path, django_base_url: str) -> Result:
-    if config.cluster:
-        raise NotImplementedError("the Redis Cluster variant waits for tests/support's fixture")
     loop = asyncio.get_running_loop()
     t0 = loop.time()
 
     def clock() -> float:
         return loop.time() - t0
 
-    topology = Topology(run_dir, django_base_url, Settings(config.nodes, config.history_size))
+    settings = Settings(config.nodes, config.history_size, config.cluster)
+    topology = Topology(run_dir, django_base_url, settings)
     run = _Run(config, topology, clock)
     started = time.time()
     try:
@@ -144,12 +143,12 @@ async def _run(
     client_tasks = [asyncio.create_task(c.run(stop_clients)) for c in run.clients]
     ledger = Ledger(clock)
     direct = DirectPublisher(topology.publisher_url, config.history_size)
-    ingest = IngestPublisher(topology.publisher_url)
+    ingest = IngestPublisher(topology.publisher_client())
     api = ApiPublisher(topology.http_urls, API_KEY, api_session)
     schedule = make_schedule(
         config.seed,
         config.fault_s,
-        Targets(tuple(topology.nodes), tuple(topology.proxies)),
+        Targets(tuple(topology.nodes), tuple(topology.proxies), SHARED_ROOMS, config.cluster),
         min_each=config.min_each,
         mean_gap_s=config.mean_gap_s,
         kinds=config.kinds,

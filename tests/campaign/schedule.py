@@ -24,9 +24,22 @@ class Kind(enum.StrEnum):
     PROXY_CUT = "proxy_cut"  # connections aborted, new ones refused for a while
     STORM = "storm"  # many clients drop their connection and reconnect at once
     WORKER_KILL = "worker_kill"  # SIGKILL the worker mid-ingest, restart it
+    # Redis Cluster only (tests/campaign/cluster.py)
+    CLUSTER_FAILOVER = "cluster_failover"  # CLUSTER FAILOVER on a replica
+    MASTER_CRASH = "master_crash"  # SIGKILL of a caught-up master; its replica takes over
+    SLOT_MIGRATION = "slot_migration"  # a room's slot moves to another master
 
 
-ALL_KINDS = tuple(Kind)
+_CLUSTER_ONLY = (Kind.CLUSTER_FAILOVER, Kind.MASTER_CRASH, Kind.SLOT_MIGRATION)
+# single Redis: every fault but the cluster's own
+SINGLE_KINDS = tuple(k for k in Kind if k not in _CLUSTER_ONLY)
+ALL_KINDS = SINGLE_KINDS  # the default run
+# Redis Cluster: no proxy in the data path (clients follow CLUSTER SLOTS), no whole-Redis restart
+CLUSTER_KINDS = tuple(
+    k
+    for k in Kind
+    if k not in (Kind.PROXY_DELAY, Kind.PROXY_STALL, Kind.PROXY_CUT, Kind.REDIS_RESTART)
+)
 
 # Faults that hold one resource must not overlap: one node down at a time (so the clients
 # always have somewhere to go), one Redis fault at a time, one fault per proxy.
@@ -38,6 +51,9 @@ _RESOURCE = {
     Kind.NODE_TERM: "nodes",
     Kind.STORM: "clients",
     Kind.WORKER_KILL: "worker",
+    Kind.CLUSTER_FAILOVER: "redis",
+    Kind.MASTER_CRASH: "redis",
+    Kind.SLOT_MIGRATION: "redis",
 }
 
 
@@ -63,10 +79,18 @@ class Fault:
 class Targets:
     nodes: tuple[str, ...]
     proxies: tuple[str, ...]
+    rooms: tuple[str, ...] = ()  # rooms whose slot may migrate
+    cluster: bool = False
 
 
-def _params(kind: Kind, rng: random.Random) -> tuple[float, dict[str, float | str]]:
+def _params(
+    kind: Kind, rng: random.Random, targets: Targets
+) -> tuple[float, dict[str, float | str]]:
     """(duration_s, params) for one fault of ``kind``."""
+    if targets.cluster:
+        found = _cluster_params(kind, rng, targets)
+        if found is not None:
+            return found
     if kind is Kind.NODE_KILL:
         return round(rng.uniform(0.5, 3.0), 2), {}
     if kind is Kind.NODE_TERM:
@@ -88,6 +112,21 @@ def _params(kind: Kind, rng: random.Random) -> tuple[float, dict[str, float | st
     if kind is Kind.STORM:
         return 0.0, {"fraction": round(rng.uniform(0.4, 1.0), 2)}
     return 0.0, {}
+
+
+def _cluster_params(
+    kind: Kind, rng: random.Random, targets: Targets
+) -> tuple[float, dict[str, float | str]] | None:
+    master = rng.randrange(3)
+    if kind is Kind.REDIS_STALL:  # under the cluster's 3 s node timeout: no failover mid-write
+        return round(rng.uniform(0.3, 2.0), 2), {"master": master}
+    if kind is Kind.CLUSTER_FAILOVER:
+        return 0.0, {"master": master}
+    if kind is Kind.MASTER_CRASH:
+        return round(rng.uniform(0.5, 3.0), 2), {"master": master}
+    if kind is Kind.SLOT_MIGRATION:
+        return 0.0, {"room": rng.choice(targets.rooms)}
+    return None
 
 
 def _scope(rng: random.Random) -> str:
@@ -125,7 +164,7 @@ def make_schedule(
     times = sorted(rng.uniform(2.0, 2.0 + window) for _ in bag)
     faults = []
     for at_s, kind in zip(times, bag, strict=True):
-        duration_s, params = _params(kind, rng)
+        duration_s, params = _params(kind, rng, targets)
         faults.append(Fault(round(at_s, 2), kind, _target(kind, rng, targets), duration_s, params))
     return faults
 

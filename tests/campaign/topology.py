@@ -1,5 +1,6 @@
-"""The processes of a campaign run: Redis (AOF always), one fault proxy per Redis client process,
-the gateway nodes, the worker. Django is the caller's (the session's test site, or the CLI's own).
+"""The processes of a campaign run: Redis (AOF always) — one server behind one fault proxy per
+Redis client process, or a Redis Cluster of 3 masters + 3 replicas — the gateway nodes and the
+worker. Django is the caller's (the session's test site, or the CLI's own).
 
 Everything here is async-friendly: processes are spawned from the event loop's thread (so
 ``PR_SET_PDEATHSIG`` follows the test's main thread) and waited for without blocking the loop,
@@ -13,9 +14,11 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis import asyncio as aioredis
 
+from tests.campaign.cluster import ClusterRedis
 from tests.campaign.proxy import FaultProxy
 from tests.support.processes import GatewayProcess, ManagedProcess, ProcessStartError, WorkerProcess
 from tests.support.redis_server import RedisServer
@@ -31,6 +34,7 @@ WORKER_PROXY = "worker"
 class Settings:
     nodes: int = 3
     history_size: int = 2000
+    cluster: bool = False
 
 
 async def wait_exit(proc: ManagedProcess, timeout_s: float) -> int | None:
@@ -53,42 +57,52 @@ class Topology:
         self.run_dir = run_dir
         self.settings = settings
         self.django_base_url = django_base_url
-        self.redis = RedisServer(
-            run_dir / "redis", appendonly=True, extra_args=["--enable-debug-command", "yes"]
-        )
         self.node_names = [f"node-{i + 1}" for i in range(settings.nodes)]
-        self.proxies: dict[str, FaultProxy] = {
-            name: FaultProxy(name, self.redis.port)
-            for name in [*self.node_names, WORKER_PROXY, PUBLISHER_PROXY]
-        }
+        self.redis: RedisServer | None = None
+        self.cluster: ClusterRedis | None = None
+        self.proxies: dict[str, FaultProxy] = {}
+        if settings.cluster:
+            self.cluster = ClusterRedis(run_dir / "redis-cluster")
+        else:
+            self.redis = RedisServer(
+                run_dir / "redis", appendonly=True, extra_args=["--enable-debug-command", "yes"]
+            )
+            for name in [*self.node_names, WORKER_PROXY, PUBLISHER_PROXY]:
+                self.proxies[name] = FaultProxy(name, self.redis.port)
         self.nodes: dict[str, GatewayProcess] = {}
         self.worker: WorkerProcess | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.redis.directory.mkdir(parents=True, exist_ok=True)
-        await start(self.redis)
+        if self.cluster is not None:
+            self.cluster.start()  # blocking, before anything else runs in the loop
+        if self.redis is not None:
+            self.redis.directory.mkdir(parents=True, exist_ok=True)
+            await start(self.redis)
         for proxy in self.proxies.values():
             await proxy.start()
         for name in self.node_names:
             self.nodes[name] = GatewayProcess(
-                self.run_dir / "nodes",
-                self.django_base_url,
-                env=self._env(self.proxies[name]),
-                node_id=name,
+                self.run_dir / "nodes", self.django_base_url, env=self._env(name), node_id=name
             )
         self.worker = WorkerProcess(
             self.run_dir / "worker",
             self.django_base_url,
             # a killed worker's entries are re-claimed after 5 s, not 30: bounded runs
-            env={**self._env(self.proxies[WORKER_PROXY]), "GATEWAY_INGEST_CLAIM_IDLE_S": "5"},
+            env={**self._env(WORKER_PROXY), "GATEWAY_INGEST_CLAIM_IDLE_S": "5"},
             worker_id="campaign-worker",
         )
         await asyncio.gather(*(start(p) for p in [*self.nodes.values(), self.worker]))
 
-    def _env(self, proxy: FaultProxy) -> dict[str, str | None]:
+    def redis_url(self, name: str) -> str:
+        """The URL the process ``name`` reaches Redis by (its proxy, or the cluster)."""
+        if self.cluster is not None:
+            return self.cluster.url
+        return self.proxies[name].url
+
+    def _env(self, name: str) -> dict[str, str | None]:
         return {
-            "GATEWAY_REDIS_URL": proxy.url,
+            "GATEWAY_REDIS_URL": self.redis_url(name),
             "GATEWAY_HISTORY_SIZE": str(self.settings.history_size),
             "GATEWAY_PUBLISH_API_KEY": API_KEY,
             "GATEWAY_DRAIN_SECONDS": str(DRAIN_S),
@@ -105,9 +119,12 @@ class Topology:
                 proc.kill()
         for proxy in self.proxies.values():
             await proxy.close()
-        self.redis.term()
-        if await wait_exit(self.redis, 10) is None:
-            self.redis.kill()
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.redis is not None:
+            self.redis.term()
+            if await wait_exit(self.redis, 10) is None:
+                self.redis.kill()
 
     # --- views --------------------------------------------------------------------------------
     @property
@@ -120,21 +137,37 @@ class Topology:
 
     @property
     def publisher_url(self) -> str:
-        return self.proxies[PUBLISHER_PROXY].url
+        return self.redis_url(PUBLISHER_PROXY)
+
+    def redis_servers(self) -> list[RedisServer]:
+        if self.cluster is not None:
+            return self.cluster.servers
+        return [self.redis] if self.redis is not None else []
 
     def processes(self) -> list[ManagedProcess]:
-        found: list[ManagedProcess] = [self.redis, *self.nodes.values()]
+        found: list[ManagedProcess] = [*self.redis_servers(), *self.nodes.values()]
         if self.worker is not None:
             found.append(self.worker)
         return found
 
-    def admin(self, timeout_s: float = 5.0) -> aioredis.Redis:
-        """A direct connection to Redis (not through a proxy) for the faults' own commands."""
+    def admin(self, timeout_s: float = 5.0) -> Any:
+        """A direct client of Redis (not through a proxy) for the campaign's own commands."""
+        if self.cluster is not None:
+            return self.cluster.client()
+        assert self.redis is not None
         return aioredis.Redis(
             host="127.0.0.1",
             port=self.redis.port,
             socket_timeout=timeout_s,
             socket_connect_timeout=3,
+        )
+
+    def publisher_client(self) -> Any:
+        """A client for the ingest publisher: through its proxy, or of the cluster."""
+        if self.cluster is not None:
+            return self.cluster.client()
+        return aioredis.Redis.from_url(
+            self.publisher_url, socket_timeout=5, socket_connect_timeout=3
         )
 
     # --- faults on processes ------------------------------------------------------------------
@@ -164,11 +197,13 @@ class Topology:
         await start(self.worker)
 
     async def stop_redis(self, sig: signal.Signals) -> None:
+        assert self.redis is not None
         os.kill(self.redis.pid, sig)
         if await wait_exit(self.redis, 15) is None:
             self.redis.kill()
 
     async def start_redis(self) -> None:
+        assert self.redis is not None
         await start(self.redis)
 
     async def heal(self) -> list[str]:
