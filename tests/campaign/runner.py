@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from redis.exceptions import RedisError
@@ -304,10 +305,11 @@ async def _ingest_drained(topology: Topology, timeout_s: float) -> bool:
     try:
         while loop.time() < deadline:
             try:
+                last = _stream_id((await admin.xinfo_stream(keys.ingest))["last-generated-id"])
                 groups = await admin.xinfo_groups(keys.ingest)
-            except RedisError:
+            except (RedisError, KeyError):
                 groups = None
-            if groups is not None and all(_group_done(g) for g in groups):
+            if groups is not None and all(_group_done(g, last) for g in groups):
                 return True
             await asyncio.sleep(0.25)
     finally:
@@ -315,8 +317,15 @@ async def _ingest_drained(topology: Topology, timeout_s: float) -> bool:
     return False
 
 
-def _group_done(group: dict[str, object]) -> bool:
-    return group.get("pending") == 0 and group.get("lag") in (0, None)
+def _group_done(group: dict[str, Any], last: tuple[int, int]) -> bool:
+    """Nothing pending and every entry delivered (``lag`` is unreliable after a failover)."""
+    return group.get("pending") == 0 and _stream_id(group["last-delivered-id"]) >= last
+
+
+def _stream_id(raw: Any) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _log_errors(topology: Topology) -> dict[str, int]:
