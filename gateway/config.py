@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- hardening ----------------------------------------------------------------------------
+    # a TCP connection whose request head is not complete in this time is closed
+    handshake_timeout_s: float = Field(10.0, gt=0, le=600)
+
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv
     )
