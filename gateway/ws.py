@@ -173,6 +173,11 @@ def client_ip_of(peer: str, forwarded: str | None, trusted_proxies: list[str]) -
     return hops[0] if hops else peer
 
 
+def from_trusted_proxy(request: web.Request, trusted_proxies: list[str]) -> bool:
+    """Whether the TCP peer is a configured proxy (whose X-Forwarded-* headers are believed)."""
+    return bool(trusted_proxies) and _is_trusted(request.remote or "", trusted_proxies)
+
+
 def _is_trusted(address: str, trusted: list[str]) -> bool:
     try:
         ip = ipaddress.ip_address(address)

@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import NODE
 from gateway.closecodes import CloseCode
+from gateway.logs import QuietRequestHandler
 from gateway.node import Node
 from gateway.session import Session
 from gateway.ws import WsTransport, client_ip_of, origin_ok, refuse_binary
@@ -74,7 +75,8 @@ class WsConnection(FrameProtocol):
         loop: asyncio.AbstractEventLoop,
         hand_over_to: Callable[[], RequestHandler] | None = None,
     ) -> None:
-        super().__init__(node.settings.max_message_bytes)
+        settings = node.settings
+        super().__init__(settings.max_message_bytes, settings.ws_heartbeat_s / 2)
         self._node = node
         self._loop = loop
         self._hand_over_to = hand_over_to  # aiohttp's protocol, for what is not a plain upgrade
@@ -322,7 +324,9 @@ class GatewayServer(web.Server):
         return WsConnection(self.node, self.loop, self.aiohttp_protocol)
 
     def aiohttp_protocol(self) -> RequestHandler:
-        return super().__call__()
+        handler = super().__call__()
+        handler.__class__ = QuietRequestHandler  # same slots: only handle_error differs
+        return handler
 
 
 class GatewayRunner(web.AppRunner):

@@ -27,7 +27,6 @@ from typing import Any
 from gateway.session import TRANSPORT_HIGH_WATER
 from gateway.wsframes import POLICY_VIOLATION, FrameReader
 
-PONG_STALL_S = 10.0  # a held pong unsent this long: the client pings but does not read (1008)
 WRITE_HIGH_WATER = TRANSPORT_HIGH_WATER
 WRITE_LOW_WATER = TRANSPORT_HIGH_WATER // 4
 PAUSE_INBOX = 1
@@ -47,10 +46,12 @@ class FrameProtocol(FrameReader, asyncio.Protocol):
         "_pong_timer",
         "_transport",
         "_writing_paused",
+        "pong_stall_s",
     )
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, pong_stall_s: float) -> None:
         super().__init__(max_size)
+        self.pong_stall_s = pong_stall_s  # a held pong unsent this long: close 1008
         self._transport: Any = None
         self._paused = 0  # PAUSE_* bits: reading is paused while any is set
         self._writing_paused = False  # the write buffer is over its high-water mark
@@ -133,7 +134,7 @@ class FrameProtocol(FrameReader, asyncio.Protocol):
         self.pause(PAUSE_PONG)
         if self._pong_timer is None:
             loop = asyncio.get_running_loop()
-            self._pong_timer = loop.call_later(PONG_STALL_S, self._pong_stalled)
+            self._pong_timer = loop.call_later(self.pong_stall_s, self._pong_stalled)
 
     @property
     def pong_held(self) -> bool:

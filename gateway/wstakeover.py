@@ -94,8 +94,8 @@ class MessageStream(FrameProtocol):
 
     __slots__ = ("_bytes", "_messages", "_waiter", "writer")
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size)
+    def __init__(self, max_size: int, pong_stall_s: float) -> None:
+        super().__init__(max_size, pong_stall_s)
         self._messages: deque[WSMessage] = deque()
         self._bytes = 0
         self._waiter: asyncio.Future[None] | None = None

@@ -453,7 +453,7 @@ def socketio_handler(
             if refused is not None:
                 return refused
         # the frames are read by the gateway's own reader, with the bounds of /ws
-        stream = MessageStream(options.max_payload)
+        stream = MessageStream(options.max_payload, options.ping_timeout_s / 2)
         early = take_over(request, stream)
         raw_transport = request.transport
         assert raw_transport is not None  # set for a request that was just upgraded
