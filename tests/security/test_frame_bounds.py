@@ -104,7 +104,8 @@ async def test_a_message_of_1000_fragments_is_served_and_1001_close_1009(
         await client.send_frame(b"".join(frames))
         if served:
             opcode, payload = await asyncio.wait_for(client.read_frame(), 5)
-            assert payload in (b'{"event":"pong","data":{},"id":1}', b"3probe"), payload
+            pong = b'{"event":"pong","data":{},"id":1}' if transport == "ws" else b"3probe"
+            assert (opcode, payload) == (TEXT, pong)
         else:
             assert (await client.read_close())[0] == 1009
         client.close()
@@ -275,4 +276,25 @@ async def test_a_large_frame_with_a_reserved_opcode_is_1002_not_1009(
     client = await connect(port_of(node), transport)
     await client.send_frame(client_frame(b"x" * 2048))  # a text frame that large: 1009
     assert (await client.read_close())[0] == 1009
+    client.close()
+
+
+async def test_a_client_whose_pongs_are_held_is_not_seen_by_the_heartbeat(make_node: Any) -> None:
+    """What a flooder sends does not count as a sign of life while it does not read: once a
+    pong is held, the heartbeat sees a silent connection (pinged, then dropped) however many
+    pings wait in the socket behind it."""
+    node = await make_node(ws_heartbeat_s=600)  # the rounds stay out of the way
+    client = await connect(port_of(node), "ws", rcvbuf=4096)
+    [session] = node.node.sessions.values()
+    conn = session.transport._transport.get_protocol()
+    pings = client_frame(b"p" * 125, PING) * 500
+    async with asyncio.timeout(20):
+        while not conn.pong_held:
+            client.writer.write(pings)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.writer.drain(), 0.05)
+    for _ in range(10):  # more pings queue up behind the paused reader
+        client.writer.write(pings)
+        await asyncio.sleep(0.02)
+        assert session.transport.seen is False
     client.close()
