@@ -200,6 +200,7 @@ class SioTransport:
         """The client broke the WebSocket protocol (gateway.wsframes.FrameReader: 1002, 1007,
         1008 for unread pongs, 1009): our close frame is the last thing sent and the write side
         ends at once (``ServerClose.end_writing``)."""
+        log.info("socket.io connection %s broke the protocol: %s", self.sid or "-", reason)
         self.close(code, reason)
         assert self.closer is not None
         self.closer.end_writing()
