@@ -298,3 +298,41 @@ async def test_a_client_whose_pongs_are_held_is_not_seen_by_the_heartbeat(make_n
         await asyncio.sleep(0.02)
         assert session.transport.seen is False
     client.close()
+
+
+# --- frames read ahead of the node ---------------------------------------------------------------
+@TRANSPORTS
+async def test_frames_sent_while_the_node_is_busy_are_read_ahead_only_so_far(
+    gateway_process: Any, django_site: DjangoSite, transport: str
+) -> None:
+    """While a business event waits on Django, the client's next frames wait in a bounded queue
+    (64 KiB, each frame counted with an overhead: empty frames too), then in the socket: 2,000,000
+    empty text frames do not grow the node. Afterwards they are handled, and the rate limit
+    closes the connection (4429)."""
+    gw = await gateway_process.astart({"GATEWAY_RATE_LIMIT_STRIKES": "3"})
+    client = await connect(gw.port, transport)
+    if transport == "ws":
+        await client.send_json({"event": "authenticate", "data": {"token": "cliente-7"}})
+        assert (await client.read_json())["event"] == "auth_success"
+        comment = {"event": "comment_created", "data": {"servicioId": "3", "text": "x"}, "id": 1}
+        busy = client_frame(orjson.dumps(comment))
+    else:
+        await client.send_frame(client_frame(b'40{"token":"cliente-7"}'))
+        for _ in range(2):  # CONNECT acknowledged, then auth_success
+            await asyncio.wait_for(client.read_frame(), 5)
+        busy = client_frame(b'421["comment_created",{"servicioId":"3","text":"x"}]')
+    await django_site.acontrol(events_mode="slow", slow_seconds=3.0)
+    closing = asyncio.create_task(client.read_close(30))
+    burst = client_frame(b"") * 10_000
+    async with rss_growth(gw.pid) as growth:
+        await client.send_frame(busy)
+        for _ in range(200):
+            client.writer.write(burst)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.writer.drain(), 0.05)
+            if closing.done():
+                break
+    code, _, _ = await closing
+    assert code == 4429
+    assert growth[0] < 4 * MIB, growth[0]
+    client.close()
