@@ -200,6 +200,7 @@ class WsConnection(FrameProtocol):
         assert self._hand_over_to is not None
         handler = self._hand_over_to()
         transport = self._transport
+        transport.set_write_buffer_limits()  # aiohttp's defaults again (see attach)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(buf)

@@ -119,6 +119,7 @@ UNPARSABLE = [  # request heads aiohttp cannot parse, each carrying the token
     f"GET /ws?token={UNPARSABLE_TOKEN} x HTTP/1.1\r\nHost: a\r\n\r\n",  # a raw space
     f"GET /ws?token={UNPARSABLE_TOKEN}\x01 HTTP/1.1\r\nHost: a\r\n\r\n",  # a control byte
     f"GET /ws?token={UNPARSABLE_TOKEN}\x7f HTTP/1.1\r\n\r\n",
+    f"GET /socket.io/?EIO=4&transport=websocket&token={UNPARSABLE_TOKEN} HTTP/1.1 x\r\n\r\n",
     f"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Bad\x01: {UNPARSABLE_TOKEN}\r\n\r\n",  # a header
     f"GET /healthz HTTP/1.1\r\nAuthorization: Bearer {UNPARSABLE_TOKEN}\r\nBad Header\r\n\r\n",
 ]
