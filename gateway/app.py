@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import api, dashboard
+from gateway import api, dashboard, public
 from gateway.backend.base import Backend
 from gateway.backend.factory import make_backend
 from gateway.closecodes import CloseCode
@@ -83,18 +83,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def disconnect(request: web.Request) -> web.Response:
         return await api.disconnect(request, node)
 
-    async def client_js(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(
-            STATIC_DIR / "client.js", headers={"Content-Type": "text/javascript; charset=utf-8"}
-        )
-
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/disconnect", disconnect)
-    app.router.add_get("/client.js", client_js)
+    public.add_routes(app, STATIC_DIR)  # /client.js, /client.d.ts, /asyncapi.json (any origin)
     dashboard.add_routes(app, node, lambda: app[DASHBOARD_TOKEN])
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=False)

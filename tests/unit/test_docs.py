@@ -18,5 +18,5 @@ def test_every_setting_is_documented_in_the_readme() -> None:
 
 def test_readme_gives_the_two_commands() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
-    assert "python3 -m pip install -e . && python3 -m gateway" in readme
+    assert "python3 -m pip install -e '.[server]' && python3 -m gateway" in readme
     assert "bash tests/run.sh" in readme
