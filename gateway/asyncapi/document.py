@@ -154,6 +154,15 @@ def _sio_messages(ws: Json) -> Json:
         "summary": _summary(out.ConnectErrorData),
         "payload": {"$ref": SCHEMAS + "ConnectErrorData"},
     }
+    messages["disconnect"] = {
+        "name": "disconnect",
+        "title": "DISCONNECT (gateway → client)",
+        "summary": "Where /ws would close with 4401, 4403 or 4429: the client's `disconnect` "
+        "fires with reason `io server disconnect` and it does not reconnect by itself. Where "
+        "/ws would close with 1012, 1013, 4503, 4408, 1008 or 1009 the transport is closed "
+        "instead (`transport close`: the client reconnects).",
+        "payload": {"type": "null"},
+    }
     return messages
 
 
@@ -285,7 +294,9 @@ def _socketio_and_stream_operations() -> Json:
             "channel": {"$ref": "#/channels/socketio"},
             "summary": "The gateway emits an event, answers an acknowledgement or refuses "
             "a CONNECT",
-            "messages": [_ref("socketio", k) for k in [*server_keys, "connect_error"]],
+            "messages": [
+                _ref("socketio", k) for k in [*server_keys, "connect_error", "disconnect"]
+            ],
         },
         "receive_ingest": {
             "action": "receive",
