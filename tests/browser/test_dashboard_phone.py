@@ -87,7 +87,7 @@ async def test_every_column_of_every_table_shows_on_a_phone(
                 assert len(layout["cells"]) == len(headers)
                 for header, cell in zip(headers, layout["cells"], strict=True):
                     assert cell["display"] != "none" and cell["height"] > 0, (selector, header)
-                    assert 0 <= cell["left"] and cell["right"] <= WIDTH, (selector, header, cell)
+                    assert cell["left"] >= 0 and cell["right"] <= WIDTH, (selector, header, cell)
                     assert cell["label"] == f'"{header}"', (selector, header, cell)
 
             events = await page.evaluate(LAYOUT, ".event-table")
@@ -99,7 +99,7 @@ async def test_every_column_of_every_table_shows_on_a_phone(
             ]
             rooms = await page.evaluate(LAYOUT, "#rooms-table")
             assert rooms["wrapScroll"] <= rooms["wrapClient"]
-            assert all(0 <= c["left"] and c["right"] <= WIDTH for c in rooms["cells"])
+            assert all(c["left"] >= 0 and c["right"] <= WIDTH for c in rooms["cells"])
             await context.close()
         finally:
             await browser.close()
