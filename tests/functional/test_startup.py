@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from tests.support.ports import REPO_ROOT
+from tests.support.processes import child_env
 
 
 def run_gateway(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     return subprocess.run(
         [sys.executable, "-m", "gateway"],
-        env={**clean, **env},
+        env=child_env(env),  # this checkout on PYTHONPATH, whatever is installed
         capture_output=True,
         text=True,
         timeout=20,
@@ -55,3 +55,64 @@ def test_port_in_use_is_a_clear_error() -> None:
     assert result.returncode == 2
     assert "GATEWAY_PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=REPO_ROOT / "deploy",  # no stray .env, and no tests/worker to shadow `worker`
+    )
+
+
+@pytest.mark.parametrize(("module", "prog"), [("gateway", "gateway"), ("worker", "gateway-worker")])
+def test_help_and_version_print_and_exit_without_starting(module: str, prog: str) -> None:
+    """Both answer at once and start nothing: the port they would use stays free, and a
+    worker without GATEWAY_REDIS_URL (which it needs to start) still answers."""
+    from gateway import __version__
+    from tests.support.ports import free_port
+
+    port = free_port()
+    env = {"GATEWAY_PORT": str(port), "GATEWAY_WORKER_PORT": str(port)}
+    version = run_module(module, "--version", env=env)
+    assert (version.returncode, version.stdout.strip()) == (0, f"{prog} {__version__}")
+    for flag in ("--help", "-h"):
+        shown = run_module(module, flag, env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith(f"usage: {prog} [-h] [--version]")
+        assert "GATEWAY_REDIS_URL" in shown.stdout and "GATEWAY_WORKER_PORT" in shown.stdout
+        assert shown.stderr == ""
+    assert port_is_free(port)
+    wrong = run_module(module, "--bogus")
+    assert wrong.returncode == 2 and "unrecognized arguments: --bogus" in wrong.stderr
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_port_in_use_says_so_before_anything_starts() -> None:
+    """One line naming the port, and no "node … ready" (nor anything else) logged before it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_gateway({"GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (GATEWAY_PORT)" in lines[0]
+    assert "already in use" in lines[0]
+    assert " ready (" not in result.stderr and "dashboard token" not in result.stderr
