@@ -92,3 +92,17 @@ def require_server(prog: str) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_USAGE)
+
+
+def testclients() -> None:
+    """Entry point of ``gateway-testclients``: it needs aiohttp (``[client]`` or ``[server]``)."""
+    if importlib.util.find_spec("aiohttp") is None:
+        print(
+            "gateway-testclients: aiohttp is not installed: "
+            "pip install 'django-ws-gateway[client]' (or [server])",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_USAGE)
+    from gateway.testclients import main
+
+    sys.exit(main())
