@@ -116,3 +116,51 @@ def test_port_in_use_says_so_before_anything_starts() -> None:
     assert f"cannot listen on 127.0.0.1:{port} (GATEWAY_PORT)" in lines[0]
     assert "already in use" in lines[0]
     assert " ready (" not in result.stderr and "dashboard token" not in result.stderr
+
+
+def test_redis_that_does_not_answer_is_named_in_one_line(tmp_path: Any) -> None:
+    """GATEWAY_REDIS_URL pointing at nothing: one line names Redis by host and port and the
+    variable (never the URL's password); no traceback, no "Unclosed client session". Where the
+    node starts without Redis (CONTRACT v3 section 1) it answers /readyz 503 meanwhile; where
+    it cannot, it exits 2 after that line."""
+    import signal
+    import time
+
+    from tests.support.ports import free_port, http_status_or_none
+
+    redis_port, port = free_port(), free_port()
+    env = {
+        "GATEWAY_REDIS_URL": f"redis://user:hunter2@127.0.0.1:{redis_port}/0",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_DASHBOARD_TOKEN": "t" * 24,
+    }
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            env=child_env(env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    readyz = None
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        readyz = http_status_or_none(f"http://127.0.0.1:{port}/readyz")
+        if readyz is not None:
+            break
+        time.sleep(0.2)
+    if proc.poll() is None:  # started without Redis: not ready while Redis is away
+        assert readyz == 503
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    else:
+        assert proc.returncode == 2
+    text = stderr.read_text()
+    assert "Traceback" not in text and "Unclosed client session" not in text
+    assert "hunter2" not in text
+    problems = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line]
+    naming = [line for line in problems if f"127.0.0.1:{redis_port}" in line]
+    assert any("GATEWAY_REDIS_URL" in line for line in naming), text
