@@ -30,6 +30,21 @@ REPLIES: dict[str, list[str]] = {
     **{event: ["ack"] for event in BUSINESS_EVENTS},
 }
 PUSHES = ["event", "rejoin"]  # sent without a request
+SUMMARIES = {
+    "authenticate": "Authenticate with the user's Django token (first frame, or ?token= on "
+    "the URL); a claimed userId/role must match Django's answer.",
+    "join_room": "Join a room; with `since` the reply carries exactly the missed events.",
+    "leave_room": "Leave a room.",
+    "presence": "Ask who is in a room (cluster-wide).",
+    "ping": "Application-level ping (browsers cannot see WebSocket pings).",
+    "reservation_created": "A cliente books: Django confirms, the rooms get Django's answer.",
+    "reservation_accepted": "A proveedor accepts a reservation (confirmed by Django).",
+    "payment_created": "A cliente pays; `amount` is a decimal string (confirmed by Django).",
+    "comment_created": "A comment on a service (confirmed by Django).",
+    "room_joined": "The room's position; with `since`, whether history covered the gap.",
+    "room_left": "The connection left the room.",
+    "pong": "The answer to ping.",
+}
 
 
 def client_events() -> dict[str, type[BaseModel]]:
@@ -99,8 +114,9 @@ def _frame(event: str, data_ref: str, *, data_required: bool, with_id: bool) -> 
 
 
 def _summary(model: type[BaseModel]) -> str:
-    doc = (model.__doc__ or "").strip()
-    return " ".join(doc.split()) if doc and not doc.startswith("Usage") else ""
+    """The model's docstring on one line ("" for pydantic's inherited default)."""
+    doc = model.__dict__.get("__doc__") or ""
+    return " ".join(doc.split())
 
 
 def _ws_messages(names: dict[type[BaseModel], str]) -> Json:
@@ -112,7 +128,7 @@ def _ws_messages(names: dict[type[BaseModel], str]) -> Json:
             "title": f"{event} (client → gateway)",
             "payload": _frame(event, ref, data_required=False, with_id=True),
         }
-        if summary := _summary(model):
+        if summary := SUMMARIES.get(event) or _summary(model):
             message["summary"] = summary
         messages[event] = message
     for event, model in out.SERVER_EVENTS.items():
@@ -124,7 +140,7 @@ def _ws_messages(names: dict[type[BaseModel], str]) -> Json:
                 event, SCHEMAS + names[model], data_required=True, with_id=event not in PUSHES
             ),
         }
-        if summary := _summary(model):
+        if summary := _summary(model) or SUMMARIES.get(event):
             message["summary"] = summary
         messages[key] = message
     return messages
