@@ -140,7 +140,7 @@ def _ws_messages(names: dict[type[BaseModel], str]) -> Json:
                 event, SCHEMAS + names[model], data_required=True, with_id=event not in PUSHES
             ),
         }
-        if summary := _summary(model) or SUMMARIES.get(event):
+        if summary := _summary(model) or SUMMARIES.get(event, ""):
             message["summary"] = summary
         messages[key] = message
     return messages
