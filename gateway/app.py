@@ -131,9 +131,13 @@ def _ping_rounds(node: Node):  # type: ignore[no-untyped-def]
 def _lifecycle(node: Node):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await node.start()
-        log.info(
-            "node %s ready (backend %s, Django %s)",
+        log.log(
+            logging.INFO if node.backend_ok else logging.WARNING,
+            "node %s %s (backend %s, Django %s)",
             node.node_id,
+            "ready"
+            if node.backend_ok
+            else "started, NOT ready: /readyz answers 503 until its backend answers",
             node.backend.name,
             node.settings.django_base_url,
         )
