@@ -152,6 +152,7 @@ def test_detach_testclients_out_of_the_box_then_down() -> None:
     assert not Path(state["dir"]).exists()
     again = _launch("down", "--port", str(port))
     assert again.returncode == 1 and "no topology was started" in again.stderr
+    launch.state_path(port).with_suffix(".log").unlink()  # --detach's output, kept for people
 
 
 def test_down_cleans_up_after_a_launcher_that_was_killed() -> None:
@@ -170,3 +171,4 @@ def test_down_cleans_up_after_a_launcher_that_was_killed() -> None:
     assert "stopped 3 processes" in down.stdout
     assert not [pid for pid in children if pid_alive(pid)]
     assert launch.port_is_free(port)
+    launch.state_path(port).with_suffix(".log").unlink()
