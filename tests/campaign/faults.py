@@ -213,8 +213,17 @@ class Injector:
         return f"stalled {held} connections"
 
     async def _proxy_cut(self, fault: Fault) -> str:
-        cut = self.topology.proxies[fault.target].cut(refuse_s=fault.duration_s)
-        await asyncio.sleep(fault.duration_s)
+        proxy = self.topology.proxies[fault.target]
+        if fault.params.get("mode") == "refuse":  # connecting is refused, as to a dead Redis
+            await proxy.unlisten()
+            cut = proxy.cut()
+            try:
+                await asyncio.sleep(fault.duration_s)
+            finally:
+                await proxy.listen()
+        else:  # accepted and closed at once, as through a proxy to a dead Redis
+            cut = proxy.cut(refuse_s=fault.duration_s)
+            await asyncio.sleep(fault.duration_s)
         return f"cut {cut}"
 
     # --- clients ------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ so a fault can hit one process's connections and leave the others alone:
   hit, so a node's live stream lags behind its history reads (which travel on another
   connection) — the interleaving exact recovery must survive;
 - ``cut(refuse_s)``: every open connection is aborted at once (both sides), and for ``refuse_s``
-  new connections are accepted and closed at once (a partition that heals).
+  new connections are accepted and closed at once (a partition that heals; also what a client
+  sees of a Redis that is down, as behind HAProxy or Envoy);
+- ``unlisten()`` / ``listen()``: the listening socket is closed, so connecting is refused
+  (``ECONNREFUSED``, as from a Redis that is not running), then opened again on the same port.
 
 The proxy never interprets the bytes. It runs in the caller's event loop.
 """
@@ -129,12 +132,16 @@ class FaultProxy:
         self._refuse_until = 0.0
         self._pipes: set[_Pipe] = set()
         self._server: asyncio.Server | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the proxy first"
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        assert self._port, "start() the proxy first"
+        return self._port
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     @property
     def url(self) -> str:
@@ -146,16 +153,29 @@ class FaultProxy:
 
     async def start(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def listen(self) -> None:
+        """Listen again on the same port after ``unlisten()``."""
+        if self._server is None:
+            await self.start(self._port)
+
+    async def unlisten(self) -> None:
+        """Stop listening: new connections are refused; open ones are left alone."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     async def close(self) -> None:
         self.heal()
-        if self._server is not None:
-            self._server.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for pipe in list(self._pipes):
             pipe.abort()
         await asyncio.sleep(0)
-        if self._server is not None:
-            await self._server.wait_closed()
+        if server is not None:
+            await server.wait_closed()
 
     # --- faults -------------------------------------------------------------------------------
     def set_delay(self, seconds: float, *, pubsub_only: bool = False) -> None:
@@ -220,5 +240,4 @@ class FaultProxy:
             await asyncio.gather(*pipe.tasks, return_exceptions=True)
 
     def __repr__(self) -> str:
-        port = self._server.sockets[0].getsockname()[1] if self._server else "-"
-        return f"<FaultProxy {self.name} :{port} -> {self.upstream[1]}>"
+        return f"<FaultProxy {self.name} :{self._port or '-'} -> {self.upstream[1]}>"

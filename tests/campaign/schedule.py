@@ -108,7 +108,8 @@ def _params(
     if kind is Kind.WORKER_KILL:
         return round(rng.uniform(0.5, 3.0), 2), {}
     if kind is Kind.PROXY_CUT:
-        return round(rng.choice([0.0, rng.uniform(0.5, 3.0)]), 2), {}
+        mode = rng.choice(["reset", "refuse"])
+        return round(rng.choice([0.0, rng.uniform(0.5, 3.0)]), 2), {"mode": mode}
     if kind is Kind.STORM:
         return 0.0, {"fraction": round(rng.uniform(0.4, 1.0), 2)}
     return 0.0, {}

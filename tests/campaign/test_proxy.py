@@ -100,3 +100,15 @@ async def test_a_pubsub_only_stall_holds_the_live_stream_and_not_the_commands(
         assert (await message).endswith(b"hello\r\n")  # ...and resumes, nothing lost
     for _reader, writer in (subscriber, commands):
         writer.close()
+
+
+async def test_unlisten_refuses_connections_until_listen(proxy: FaultProxy) -> None:
+    port = proxy.port
+    await proxy.unlisten()
+    with pytest.raises(ConnectionRefusedError):
+        await connect(proxy)
+    await proxy.listen()
+    assert proxy.port == port
+    stream = await connect(proxy)
+    assert await ping(stream) == b"+PONG\r\n"
+    stream[1].close()

@@ -212,6 +212,7 @@ class Topology:
         restarted = []
         for proxy in self.proxies.values():
             proxy.heal()
+            await proxy.listen()
         dead: list[ManagedProcess] = [p for p in self.processes() if not p.alive]
         for proc in dead:  # Redis first: the others need it
             try:
