@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.backend.urls import parse_redis_url
+
 ENV_PREFIX = "GATEWAY_"
 
 
@@ -117,15 +119,7 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
-        parsed = urlparse(value)
-        if parsed.scheme not in {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}:
-            raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
-        try:
-            parsed.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError as exc:
-            raise ValueError(f"bad port in URL: {exc}") from None
-        if parsed.scheme != "unix" and not parsed.hostname:
-            raise ValueError("the URL has no host")
+        parse_redis_url(value)  # ValueError: one line saying what is wrong
         return value
 
     @field_validator("django_base_url")
@@ -148,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def cluster_mode(self) -> bool:
         return self.redis_cluster or bool(self.redis_url and "+cluster" in self.redis_url)
+
+    @property
+    def sentinel_mode(self) -> bool:
+        return bool(self.redis_url and parse_redis_url(self.redis_url).kind == "sentinel")
 
 
 class ConfigError(Exception):
