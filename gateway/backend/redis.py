@@ -138,8 +138,8 @@ class RedisBackend:
         channels = [self.keys.control_channel, self.keys.node_channel(node_id)]
         try:  # a Redis that cannot be reached now is not fatal: the node reports not ready
             await self.subscriptions.subscribe(channels, impatient=True)
-        except (ConnectionError, TimeoutError) as exc:
-            log.warning("Redis not reachable at startup (%s): not ready; retrying", exc)
+        except (ConnectionError, TimeoutError) as exc:  # the node logs it, once
+            log.debug("Redis not reachable at startup (%s): retrying", exc)
 
     async def close(self) -> None:
         if self._probe_task is not None:

@@ -25,7 +25,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.backend.pubsub_link import Endpoint, MessageHandler, PubSubLink
+from gateway.backend.pubsub_link import CHANNEL_ERRORS, Endpoint, MessageHandler, PubSubLink
 from gateway.backend.topology import Topology
 
 log = logging.getLogger("gateway.pubsub")
@@ -245,7 +245,8 @@ class Subscriptions:
         elif error.startswith("ASK "):
             pass  # a slot in migration: ask its owner again shortly
         else:
-            log.warning("subscribe to %s refused by %s: %s", channel, link.endpoint.name, error)
+            if error.startswith(CHANNEL_ERRORS):  # else the link closes: that is logged
+                log.warning("%s refused a subscribe to %s: %s", link.endpoint.name, channel, error)
             self._fail_waiters(channel, SubscribeError(error))
             self._stale = True
         self._homeless.add(channel)
