@@ -31,6 +31,7 @@ from gateway.backend.topology import Topology
 log = logging.getLogger("gateway.pubsub")
 
 RestoredHandler = Callable[[list[str]], None]
+AVOID_S = 5.0
 
 
 class SubscribeError(ConnectionError):
@@ -86,6 +87,9 @@ class Subscriptions:
         self._backoff: dict[str, Backoff] = {}  # per server
         self._retry: dict[str, Backoff] = {}  # per channel the server refused
         self._seen: set[str] = set()  # servers a link was ever opened to
+        # channel -> (server, until): a server that just unsubscribed the channel (its slot
+        # moved away) is not its owner, whatever a slot map that is a moment late says
+        self._avoid: dict[str, tuple[str, float]] = {}
         self._refresh_backoff = Backoff()
         self._stale = True  # ask the deployment again before placing
         self._failing: set[str] = set()  # what is logged as down (one line per change)
@@ -163,6 +167,7 @@ class Subscriptions:
             self._homeless.discard(channel)
             self._lost.discard(channel)
             self._retry.pop(channel, None)
+            self._avoid.pop(channel, None)
             link = self._placed.pop(channel, None)
             if link is not None:
                 link.remove(channel)
@@ -177,7 +182,7 @@ class Subscriptions:
     # --- placing channels ---------------------------------------------------------------------
     def _place(self, channel: str) -> None:
         """At once when the owner is known and reachable, else by the repair task."""
-        endpoint = None if self._stale else self._topology.endpoint_for(channel)
+        endpoint = None if self._stale else self._owner(channel)
         link = self._link_to(endpoint) if endpoint is not None else None
         if link is None:
             self._homeless.add(channel)
@@ -185,6 +190,18 @@ class Subscriptions:
             return
         self._placed[channel] = link
         link.add(channel)
+
+    def _owner(self, channel: str) -> Endpoint | None:
+        """The server the topology names for ``channel``; None while it names the server that
+        has just given the channel up (the map is then asked again)."""
+        endpoint = self._topology.endpoint_for(channel)
+        avoid = self._avoid.get(channel)
+        if avoid is not None and endpoint is not None:
+            if endpoint.name == avoid[0] and time.monotonic() < avoid[1]:
+                self._stale = True
+                return None
+            del self._avoid[channel]
+        return endpoint
 
     def _link_to(self, endpoint: Endpoint) -> PubSubLink | None:
         """The open link to ``endpoint``, or a new one unless its backoff says wait."""
@@ -224,6 +241,7 @@ class Subscriptions:
             return
         self._backoff.setdefault(link.endpoint.name, Backoff()).reset()
         self._retry.pop(channel, None)
+        log.debug("%s subscribed on %s", channel, link.endpoint.name)
         if link.endpoint.name in self._failing:
             self._failing.discard(link.endpoint.name)
             log.info("pub/sub connection to %s is up again", link.endpoint.name)
@@ -254,6 +272,7 @@ class Subscriptions:
 
     def dropped(self, link: PubSubLink, channel: str) -> None:
         log.info("%s unsubscribed %s (slot moved): placing it again", link.endpoint.name, channel)
+        self._avoid[channel] = (link.endpoint.name, time.monotonic() + AVOID_S)
         self._stale = True
         self._unplace(channel, link, was_live=True)
 
@@ -308,10 +327,10 @@ class Subscriptions:
             if retry is not None and retry.remaining() > 0:
                 waits.append(retry.remaining())
                 continue
-            endpoint = self._topology.endpoint_for(channel)
+            endpoint = self._owner(channel)
             link = self._link_to(endpoint) if endpoint is not None else None
             if link is None:
-                waits.append(self._backoff[endpoint.name].remaining() if endpoint else 0.5)
+                waits.append(self._backoff[endpoint.name].remaining() if endpoint else 0.2)
                 continue
             self._homeless.discard(channel)
             self._placed[channel] = link

@@ -95,6 +95,8 @@ class Follower:
         log = self.rooms[room]
         if reply["event"] != "room_joined":
             self.errors.append(reply)
+            if reply["data"].get("code") == "unavailable":  # "retry", says the gateway
+                asyncio.get_running_loop().call_later(0.2, self._send_join, room)
             return
         data = reply["data"]
         for event in data.get("missed", []):
@@ -131,6 +133,20 @@ class Follower:
         seq = int(event["payload"]["seq"])
         log.deliveries.append(Delivery(event["epoch"], int(event["offset"]), seq, how))
         log.position = {"epoch": event["epoch"], "offset": int(event["offset"])}
+
+    def describe(self, room: str) -> str:
+        """What the client got, compressed: ``live 1-10 | missed 11-12 | live 13-40``."""
+        log = self.rooms[room]
+        runs: list[list[Any]] = []
+        for d in log.deliveries:
+            last = runs[-1] if runs else None
+            if last and last[0] == d.how and last[1] == d.epoch and last[3] + 1 == d.offset:
+                last[3] = d.offset
+            else:
+                runs.append([d.how, d.epoch, d.offset, d.offset])
+        text = " | ".join(f"{how} {e[:4]}:{a}-{b}" for how, e, a, b in runs)
+        errors = [e["data"].get("code") for e in self.errors]
+        return f"{self.ws_url} {room}: {text}; rejoins {log.rejoins}, resets {log.resets}, {errors}"
 
     @property
     def joining(self) -> bool:

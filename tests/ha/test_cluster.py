@@ -155,7 +155,7 @@ async def test_slot_migration_while_publishing_loses_nothing(
         for room in rooms
         for p in check_exactly_once(f, room, publisher.published[room], new_epoch_allowed=False)
     ]
-    assert problems == []
+    assert problems == [], [f.describe(room) for f in followers for room in rooms]
     assert all(f.rooms[moving].rejoins >= 1 for f in followers)  # told, and recovered
     assert await all_ready(session, [n.http_url for n in nodes])
     for follower in followers:
@@ -211,7 +211,7 @@ async def _failover_scenario(
         for room in rooms
         for p in check_exactly_once(f, room, publisher.published[room], new_epoch_allowed=lagged)
     ]
-    assert problems == []
+    assert problems == [], [f.describe(room) for f in followers for room in rooms]
     for follower in followers:
         await follower.close()
     node_logs_clean(nodes)
