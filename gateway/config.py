@@ -12,7 +12,7 @@ import socket
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.backend.urls import parse_redis_url
@@ -122,6 +122,14 @@ class Settings(BaseSettings):
         parse_redis_url(value)  # ValueError: one line saying what is wrong
         return value
 
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_cluster_flag(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url and parse_redis_url(url).kind == "sentinel":
+            raise ValueError("cannot be true with a redis+sentinel:// GATEWAY_REDIS_URL")
+        return value
+
     @field_validator("django_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -160,6 +168,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     secret = "TOKEN" in name or "KEY" in name or isinstance(raw, dict)
     if isinstance(raw, str) and "://" in raw:
         raw = re.sub(r"//[^/@]*@", "//***@", raw)  # never echo credentials in URLs
+        raw = re.sub(r"(password=)[^&]*", r"\1***", raw)
     shown = "" if secret else f" (got {raw!r})"
     return f"invalid configuration: {name}: {first.get('msg')}{shown}"
 
