@@ -22,10 +22,7 @@ Kind = Literal["single", "cluster", "sentinel"]
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
 SENTINEL_SCHEMES = {"redis+sentinel"}
-FORMS = (
-    "redis://host:port[/db], rediss://…, unix:///path, redis+cluster://host:port[,host:port…] "
-    "or redis+sentinel://[user:password@]host:port[,host:port…]/<service-name>[/db]"
-)
+FORMS = "a redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +96,7 @@ def parse_redis_url(url: str) -> RedisUrl:
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SINGLE_SCHEMES | CLUSTER_SCHEMES | SENTINEL_SCHEMES:
-        raise ValueError(f"must be one of {FORMS}")
+        raise ValueError(f"must be {FORMS}")
     parts = urlsplit(url)
     userinfo, at, hostlist = parts.netloc.rpartition("@")
     username = password = None
