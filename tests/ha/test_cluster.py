@@ -82,11 +82,12 @@ async def test_rooms_of_several_slots_on_one_master_deliver_also_after_pubsub_ki
     killed = [m.admin().execute_command("CLIENT", "KILL", "TYPE", "pubsub") for m in masters]
     assert sum(int(k) for k in killed) >= 3 * 2  # every node had links to both masters
     # every room is subscribed again (confirmed) before its members are told to rejoin
-    await eventually(
+    took = await eventually(
         lambda: all(f.rooms[r].rejoins == 1 and not f.joining for f in followers for r in rooms),
         15,
         "a rejoin for every room on every client, answered",
     )
+    print(f"\npub/sub kill: every rejoin answered {took:.2f}s after")
     for room in rooms:
         assert shard_subscribers(ha_cluster, room) == 3, room
     for room in rooms:
@@ -143,6 +144,10 @@ async def test_slot_migration_while_publishing_loses_nothing(
 
     await asyncio.to_thread(migrate_slot, ha_cluster, slot_of(moving), source, target)
     assert ha_cluster.keyslot_node(KEYS.room_channel(moving)) == target.port
+    took = await eventually(
+        lambda: shard_subscribers(ha_cluster, moving) == 3, 15, "every node on the new owner"
+    )
+    print(f"\nslot migration: every node subscribed on the new owner {took:.2f}s after")
     moved_at = publisher.count(moving)
     await eventually(lambda: publisher.count(moving) >= moved_at + 20, 15, "publishes after")
     await publisher.stop()

@@ -51,7 +51,8 @@ async def test_a_node_started_without_redis_waits_and_becomes_ready(
         assert node.alive and await readyz(session, node.http_url) == 503
         assert node.logs().count("backend unreachable at startup") == 1
         await asyncio.to_thread(server.start)
-        await eventually(lambda: readyz_is(session, node, 200), 20, "/readyz 200")
+        took = await eventually(lambda: readyz_is(session, node, 200), 20, "/readyz 200")
+        print(f"\n{deployment} Redis up at last: /readyz 200 {took:.1f}s after")
         await _joins_and_delivers(session, _Http(node))
     finally:
         server.stop()
