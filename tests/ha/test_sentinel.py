@@ -190,7 +190,7 @@ async def test_sentinel_failover_is_followed_by_nodes_worker_and_publishers(
     for follower in followers:
         for room in rooms:
             problems += check_exactly_once(follower, room, published[room], new_epoch_allowed=True)
-    assert problems == []
+    assert problems == [], [f.describe(room) for f in followers for room in rooms]
     assert worker.alive
     for follower in followers:
         await follower.close()
