@@ -245,6 +245,8 @@ class PubSubLink:
             self._error(str(reply))
             return
         if not isinstance(reply, list) or not reply:
+            if reply == b"PONG":  # a PING while nothing was subscribed: a plain answer
+                self._answered("ping")
             return
         kind = reply[0]
         if kind in (b"message", b"smessage"):

@@ -133,3 +133,36 @@ async def test_a_redis_that_accepts_then_closes_causes_no_rejoin_storm(
     assert event["offset"] == offset
     print(f"\nmaxclients: {tries} tries in 1.5 s; rejoined {time.monotonic() - started:.1f}s after")
     await client.close()
+
+
+async def test_a_refused_subscribe_fails_that_join_at_once_and_nothing_else(
+    redis_factory: Any,
+) -> None:
+    # an error reply to a subscribe (here NOPERM: the ACL allows one room's channel) fails the
+    # waiting join at once instead of leaving it to time out, and the other rooms stay live
+    from gateway.backend.redis import RedisBackend
+    from gateway.backend.subscriptions import SubscribeError
+
+    acl = ["&gateway:control", "&gateway:node:*", "&gateway:room:{service_1}:ch"]
+    server = redis_factory(
+        extra_args=["--user", "default", "off", "--user", "app", "on", ">pw", "~*", "+@all", *acl]
+    )
+    got: list[Any] = []
+    backend = RedisBackend(
+        f"redis://app:pw@127.0.0.1:{server.port}/0", probe_s=1.0, unsubscribe_delay_s=0
+    )
+    await backend.start("acl-node", got.append, lambda _: None, lambda _: None)
+    try:
+        await backend.subscribe("service_1")
+        started = time.monotonic()
+        with pytest.raises(SubscribeError, match="NOPERM"):
+            await backend.subscribe("service_2")
+        assert time.monotonic() - started < 2  # not the 5 s timeout
+        assert not await backend.ready()  # a wanted room without a live subscription
+        backend.unsubscribe("service_2")
+        await eventually(backend.ready, 5, "ready once the refused room is not wanted")
+        await backend.publish(["service_1"], "t", b'{"seq":1}', "api")
+        await eventually(lambda: len(got) == 1, 5, "the allowed room's event")
+        assert got[0].room == "service_1"
+    finally:
+        await backend.close()
