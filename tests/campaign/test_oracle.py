@@ -7,7 +7,14 @@ from typing import Any
 
 from tests.campaign.ledger import Published, check_final
 from tests.campaign.oracle import ClientOracle, RoomLog, RoomTrack
-from tests.campaign.schedule import ALL_KINDS, Kind, Targets, counts, make_schedule
+from tests.campaign.schedule import (
+    ALL_KINDS,
+    CLUSTER_KINDS,
+    Kind,
+    Targets,
+    counts,
+    make_schedule,
+)
 
 ROOM = "service_1"
 
@@ -284,3 +291,17 @@ def test_faults_name_valid_targets_and_resources() -> None:
             assert fault.target == ""
     stalls = [f.duration_s for f in schedule if f.kind is Kind.REDIS_STALL]
     assert max(stalls) > 5.0  # some outlast the nodes' 5 s socket timeout
+
+
+def test_a_cluster_schedule_keeps_stalls_under_the_node_timeout_and_names_rooms() -> None:
+    targets = Targets(TARGETS.nodes, (), rooms=("service_1", "location_1"), cluster=True)
+    schedule = make_schedule(5, 120, targets, kinds=CLUSTER_KINDS)
+    assert all(counts(schedule)[str(kind)] >= 3 for kind in CLUSTER_KINDS)
+    assert not {Kind.PROXY_CUT, Kind.PROXY_DELAY, Kind.PROXY_STALL} & {f.kind for f in schedule}
+    for fault in schedule:
+        if fault.kind is Kind.REDIS_STALL:
+            assert fault.duration_s < 3.0  # cluster-node-timeout: no failover mid-write
+        if fault.kind is Kind.SLOT_MIGRATION:
+            assert fault.params["room"] in targets.rooms
+        if fault.kind in (Kind.CLUSTER_FAILOVER, Kind.MASTER_CRASH):
+            assert fault.params["master"] in (0, 1, 2)
