@@ -25,6 +25,8 @@ from tests.support.redis_server import RedisServer
 
 API_KEY = "campaign-publish-key"
 DRAIN_S = 2.0
+# a node must have exited this long after its drain: k8s/ gives it 45 s - 5 s preStop - 20 s drain
+EXIT_MARGIN_S = 20.0
 START_TIMEOUT_S = 30.0
 PUBLISHER_PROXY = "publishers"
 WORKER_PROXY = "worker"
@@ -176,7 +178,7 @@ class Topology:
         the drain and a margin, then it is SIGKILLed)."""
         node = self.nodes[name]
         os.kill(node.pid, sig)
-        code = await wait_exit(node, DRAIN_S + 8)
+        code = await wait_exit(node, DRAIN_S + EXIT_MARGIN_S)
         if code is None:
             node.kill()
         return code
@@ -223,4 +225,4 @@ class Topology:
         return restarted
 
 
-__all__ = ["API_KEY", "ProcessStartError", "Settings", "Topology"]
+__all__ = ["API_KEY", "DRAIN_S", "EXIT_MARGIN_S", "ProcessStartError", "Settings", "Topology"]
