@@ -36,8 +36,8 @@ from gateway.backend.base import (
     ResyncHandler,
 )
 from gateway.backend.clients import async_client, kind_of
+from gateway.backend.endpoint import Endpoint
 from gateway.backend.keys import Keys
-from gateway.backend.pubsub_link import Endpoint
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
 from gateway.backend.sentinel import SentinelMaster, aclose_sentinels
