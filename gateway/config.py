@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- connection accounting, online status, receipts (presence) --------------------------
+    limits_timeout_s: float = Field(1.0, gt=0, le=30)
+    presence_grace_s: float = Field(5.0, ge=0, le=3600)
+    presence_stream_maxlen: int = Field(100_000, ge=100, le=100_000_000)
+    django_presence_path: str | None = None
+    presence_batch: int = Field(100, ge=1, le=10_000)
+
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.accounting import Accounting
 from gateway.backend.base import (
     Backend,
     ConnectionInfo,
@@ -25,6 +26,7 @@ from gateway.backend.base import (
     Position,
     Publication,
 )
+from gateway.backend.factory import make_online_store
 from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
@@ -106,6 +108,17 @@ class Node:
         self._registered = False
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.accounting = Accounting(
+            make_online_store(settings, backend),
+            self.node_id,
+            max_per_user=settings.max_connections_per_user,
+            max_per_ip=settings.max_connections_per_ip,
+            cluster_wide=backend.name != "memory",
+            trusted_proxies=settings.trusted_proxies,
+            lease_s=settings.node_lease_s,
+            timeout_s=settings.limits_timeout_s,
+            metrics=metrics,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,9 +126,11 @@ class Node:
         await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
         await self._heartbeat_once()
         self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        await self.accounting.start()
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
+            asyncio.create_task(self.accounting.run(self._accounting_tick()), name="accounting"),
         ]
         if self.backend.name == "memory":
             # embedded mode has no worker: the node sweeps its own stale state
@@ -128,6 +143,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.accounting.stop()
         with contextlib.suppress(*BACKEND_ERRORS):
             await self.backend.deregister()
         await self.backend.close()
@@ -182,6 +198,7 @@ class Node:
             return "node_full"
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
+        self.accounting.note_address(ip, self.by_ip[ip] + 1, len(self.sessions) + 1)
         return None
 
     def open_session(self, transport: Transport, ip: str) -> Session:
@@ -261,6 +278,8 @@ class Node:
                 code,
                 time.time() - session.connected_at,
             )
+            await self.accounting.release_user(session.identity.user_id)
+        await self.accounting.release_ip(session.ip)
 
     async def authenticate_with(self, session: Session, token: str) -> None:
         """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
@@ -351,7 +370,9 @@ class Node:
                     AuthErrorCode.IDENTITY_MISMATCH, "userId/role differ from the token's identity"
                 )
             open_now = len(self.by_user.get(identity.user_id, ()))
-            if open_now >= self.settings.max_connections_per_user:
+            if open_now >= self.settings.max_connections_per_user or not (
+                await self.accounting.admit_user(identity.user_id, identity.role)
+            ):
                 raise AuthFailure(
                     AuthErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user"
                 )
@@ -359,6 +380,7 @@ class Node:
             self._auth_failed(session, exc, frame_id)
             return
         if session.closed:
+            await self.accounting.release_user(identity.user_id)  # counted, never registered
             return
         timer = self._auth_timers.pop(session, None)
         if timer is not None:
@@ -654,6 +676,10 @@ class Node:
             removed = await self.backend.cleanup()
             if any(removed.values()):
                 log.debug("janitor removed %s", removed)
+
+    def _accounting_tick(self) -> float:
+        """Grace periods end within a quarter of their length (at most 1 s late)."""
+        return min(1.0, max(0.05, self.settings.presence_grace_s / 4))
 
     async def _probe_loop(self) -> None:
         while True:

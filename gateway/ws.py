@@ -207,8 +207,18 @@ def refuse_binary(node: Node, session: Session) -> None:
         node.reply_error(session, error, None)
 
 
+async def admit_ip(node: Node, request: web.Request) -> web.Response | None:
+    """The cluster-wide per-IP cap (Redis): 429, or None with the connection counted (the
+    caller then opens a session, or calls ``accounting.release_ip`` if it cannot)."""
+    ip = client_ip(request, node.settings.trusted_proxies)
+    if await node.accounting.admit_ip(ip):
+        return None
+    node.metrics.rejected_upgrades.labels("ip_limit").inc()
+    return web.json_response({"error": "ip_limit"}, status=429)
+
+
 async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
-    refused = refuse(node, request)
+    refused = refuse(node, request) or await admit_ip(node, request)
     if refused is not None:
         return refused
     settings = node.settings
@@ -218,7 +228,11 @@ async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
         autoping=False,  # pings and pongs are ours: ping_rounds, one task for every connection
         autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        await node.accounting.release_ip(client_ip(request, settings.trusted_proxies))
+        raise
     raw = request.transport
     assert raw is not None
     transport = WsTransport(raw)

@@ -30,12 +30,17 @@ from gateway.node import Node
 from gateway.session import Session
 from gateway.ws import WsTransport, client_ip_of, origin_ok, refuse_binary
 from gateway.wsframes import OPCODE_PONG, FrameReader, ws_frame
-from gateway.wsupgrade import MAX_HEAD_BYTES, parse_upgrade, switching_protocols
+from gateway.wsupgrade import MAX_HEAD_BYTES, Upgrade, parse_upgrade, switching_protocols
 
 log = logging.getLogger("gateway.ws")
 
 INBOX_BYTES = 1 << 16  # frames read ahead of the node; reading pauses above (as aiohttp's queue)
 _NO_CODE = -1  # a close frame without a status code, in the inbox
+_IP_LIMIT_BODY = b'{"error": "ip_limit"}'
+TOO_MANY_FROM_IP = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_IP_LIMIT_BODY), _IP_LIMIT_BODY)
+)
 
 
 class _TokenAuth:
@@ -52,6 +57,7 @@ _Item = str | bytes | int | _TokenAuth  # text frame, binary frame, close code, 
 
 class WsConnection(FrameReader, asyncio.Protocol):
     __slots__ = (
+        "_admitting",
         "_busy",
         "_head",
         "_inbox",
@@ -78,6 +84,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
         self._busy = False  # a task is working through the inbox
         self._paused = False
         self._lost = False
+        self._admitting: bytearray | None = None  # bytes read while Redis judges the upgrade
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +94,8 @@ class WsConnection(FrameReader, asyncio.Protocol):
         if self.ws is not None:
             self.ws.seen = True  # alive, whatever it sent, a pong included (ping_rounds)
             self.feed(data)
+        elif self._admitting is not None:
+            self._admitting += data
         else:
             self._request_head(data)
 
@@ -133,6 +142,29 @@ class WsConnection(FrameReader, asyncio.Protocol):
         if not origin_ok(upgrade.origin, settings.allowed_origins) or node.admit(ip) is not None:
             self._hand_over(buf)  # aiohttp's route answers the refusal, as for every refusal
             return
+        if node.accounting.gates_ips:  # Redis: the cluster-wide per-IP cap decides first
+            self._admitting = bytearray(buf[end + 4 :])
+            self._server.loop.create_task(self._admit(upgrade, ip))
+            return
+        self._upgrade(upgrade, ip, buf[end + 4 :])
+
+    async def _admit(self, upgrade: Upgrade, ip: str) -> None:
+        node = self._node
+        admitted = await node.accounting.admit_ip(ip)
+        rest, self._admitting = bytes(self._admitting or b""), None
+        if self._lost or self._transport.is_closing():
+            if admitted:
+                await node.accounting.release_ip(ip)
+            return
+        if not admitted:
+            node.metrics.rejected_upgrades.labels("ip_limit").inc()
+            self._transport.write(TOO_MANY_FROM_IP)
+            self._transport.close()
+            return
+        self._upgrade(upgrade, ip, rest)
+
+    def _upgrade(self, upgrade: Upgrade, ip: str, rest: bytes) -> None:
+        node = self._node
         ws = self.ws = WsTransport(self._transport)
         answer = switching_protocols(upgrade.key)
         if upgrade.token and node.django.cached(upgrade.token):
@@ -142,7 +174,6 @@ class WsConnection(FrameReader, asyncio.Protocol):
         self.session = node.open_session(ws, ip)
         if upgrade.token:
             self._submit(_TokenAuth(upgrade.token))
-        rest = buf[end + 4 :]
         if rest:
             self.feed(rest)
 

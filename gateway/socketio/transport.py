@@ -17,6 +17,7 @@ that id becomes the acknowledgement ``43<n>[...]`` (see ``codec.encode_reply``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -119,7 +120,10 @@ class SessionOpener(Protocol):
     def __call__(self, request: web.Request, transport: SioTransport) -> SessionPort: ...
 
 
-Refuser = Callable[[web.Request], "web.StreamResponse | None"]
+# may return an awaitable (the cluster-wide per-IP cap asks Redis)
+Refuser = Callable[
+    [web.Request], "web.StreamResponse | Awaitable[web.StreamResponse | None] | None"
+]
 
 
 class _Publication(Protocol):
@@ -405,6 +409,7 @@ def socketio_handler(
     open_session: SessionOpener,
     options: SocketIOOptions,
     refuse: Refuser | None = None,
+    release: Callable[[web.Request], Awaitable[None]] | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for ``/socket.io/`` (register it for every method: polling requests
     must get their explanatory 400). ``refuse`` runs after the handshake checks and before the
@@ -430,10 +435,16 @@ def socketio_handler(
                 status=error.status, body=error.body(), content_type="application/json"
             )
         if refuse is not None:
-            refused = refuse(request)
+            answer = refuse(request)
+            refused = await answer if inspect.isawaitable(answer) else answer
             if refused is not None:
                 return refused
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if release is not None:
+                await release(request)
+            raise
         raw_transport = request.transport
         assert raw_transport is not None  # set for a request that was just upgraded
         transport = SioTransport(ws, raw_transport)
