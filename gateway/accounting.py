@@ -75,6 +75,8 @@ class Accounting:
         self.dirty = False
         self.failing_since: float | None = None
         self.proxy_warned = False
+        # a dead node's users go offline within lease + grace: looked for often enough for that
+        self.sweep_every_s = min(lease_s / 3, max(1.0, store.grace_ms / 2000))
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,7 +193,7 @@ class Accounting:
                     self._announce(change)
                 now = loop.time()
                 if now >= next_sweep:
-                    next_sweep = now + self.lease_s / 3
+                    next_sweep = now + self.sweep_every_s
                     await self.sweep_dead()
                 if self.dirty or now >= next_check:
                     next_check = now + REGISTRATION_CHECK_S

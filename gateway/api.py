@@ -1,4 +1,5 @@
-"""The server API for Django and other back ends: ``POST /api/publish``, ``POST /api/disconnect``.
+"""The server API for Django and other back ends: ``POST /api/publish``, ``POST /api/disconnect``,
+``GET /api/online``.
 
 Protected by ``GATEWAY_PUBLISH_API_KEY`` (Bearer); without a key configured both answer 404.
 """
@@ -13,7 +14,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from gateway.backend.base import ControlMessage
-from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload
+from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
+from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload, now_ms
 from gateway.httpauth import bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
 from gateway.rooms import is_valid_room
@@ -124,3 +126,27 @@ async def disconnect(request: web.Request, node: Node) -> web.Response:
             {"error": "unavailable", "message": "backend unavailable, retry"}, status=503
         )
     return web.json_response({"disconnected": count})
+
+
+async def online(request: web.Request, node: Node) -> web.Response:
+    """``GET /api/online?users=1,2,3`` -> ``{userId: {"online", "connections", "lastSeen"}}``."""
+    if (denied := _check_key(request, node)) is not None:
+        return denied
+    raw = request.query.get("users", "")
+    ids = list(dict.fromkeys(u.strip() for u in raw.split(",") if u.strip()))
+    if not ids:
+        return bad_request("users: give ?users=<id>,<id>,...")
+    if len(ids) > MAX_USERS_PER_QUERY:
+        return bad_request(f"users: at most {MAX_USERS_PER_QUERY} per request")
+    bad = next((u for u in ids if not is_valid_user_id(u)), None)
+    if bad is not None:
+        return bad_request(f"users: '{bad[:80]}' is not a valid user id")
+    try:
+        statuses = await node.accounting.store.online(ids, now_ms())
+    except BACKEND_ERRORS as exc:
+        node.metrics.redis_errors.labels("online").inc()
+        log.warning("online API: backend error %s", exc)
+        return web.json_response(
+            {"error": "unavailable", "message": "backend unavailable, retry"}, status=503
+        )
+    return web.json_response({u: s.as_dict() for u, s in statuses.items()})

@@ -23,8 +23,10 @@ from redis import asyncio as aioredis
 from gateway.backend import redis_publish
 from gateway.backend.base import PublishResult
 from gateway.backend.keys import Keys
+from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
+from gateway.backend.redis_online import online_status, status_of
 from gateway.backend.redis_publish import HistoryPolicy
-from gateway.events import dumps_payload
+from gateway.events import dumps_payload, now_ms
 from gateway.rooms import is_valid_room
 
 SOURCE = "publisher"
@@ -65,6 +67,18 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
         return dumps_payload(payload)
     except TypeError as exc:
         raise PublishError(f"payload is not JSON-serializable: {exc}") from None
+
+
+def _user_ids(user_ids: Sequence[str | int]) -> list[str]:
+    if isinstance(user_ids, str | int):
+        raise PublishError("give a list of user ids")
+    ids = list(dict.fromkeys(str(u) for u in user_ids))
+    if len(ids) > MAX_USERS_PER_QUERY:
+        raise PublishError(f"at most {MAX_USERS_PER_QUERY} users per call")
+    for user_id in ids:
+        if not is_valid_user_id(user_id):
+            raise PublishError(f"invalid user id {user_id!r}")
+    return ids
 
 
 P = TypeVar("P", bound="_Base")
@@ -154,6 +168,16 @@ class Publisher(_Base):
         self.client.execute_command(command, self.keys.control_channel, msg)
         return count
 
+    def online(self, user_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
+        """Cluster-wide online status: ``{userId: {"online", "connections", "lastSeen"}}``
+        (``online`` stays true for ``GATEWAY_PRESENCE_GRACE_S`` after the last close)."""
+        ids = _user_ids(user_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.hgetall(self.keys.user_online(user_id))
+        now = now_ms()
+        return {u: status_of(h, now).as_dict() for u, h in zip(ids, pipe.execute(), strict=True)}
+
     def close(self) -> None:
         self.client.close()
 
@@ -184,6 +208,10 @@ class AsyncPublisher(_Base):
         command, msg = self._control(str(user_id))
         await self.client.execute_command(command, self.keys.control_channel, msg)
         return count
+
+    async def online(self, user_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
+        statuses = await online_status(self.client, self.keys, _user_ids(user_ids), now_ms())
+        return {user_id: status.as_dict() for user_id, status in statuses.items()}
 
     async def aclose(self) -> None:
         await self.client.aclose()

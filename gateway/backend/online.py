@@ -20,6 +20,7 @@ Guarantees every implementation gives:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,6 +71,13 @@ class PresenceChange:
 
 USER = "u"
 IP = "i"
+MAX_USERS_PER_QUERY = 1000
+_USER_ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}\Z")
+
+
+def is_valid_user_id(user_id: str) -> bool:
+    """What ``online()`` accepts: Django ids as strings (numbers, UUIDs, slugs)."""
+    return bool(_USER_ID.match(user_id))
 
 
 class OnlineStore(Protocol):

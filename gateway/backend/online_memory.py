@@ -12,7 +12,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.backend.online import USER, Admission, PresenceChange, UserStatus
+from gateway.backend.online import OFFLINE_TTL_S, USER, Admission, PresenceChange, UserStatus
 from gateway.events import now_ms as _now_ms
 
 
@@ -33,6 +33,7 @@ class MemoryOnline:
         self._held: dict[str, Counter[str]] = {}  # node -> "u:<id>" / "i:<ip>" -> count
         self._due: dict[str, int] = {}
         self._seq = itertools.count(1)
+        self._next_prune = 0
         self.changes: deque[PresenceChange] = deque(maxlen=stream_maxlen)
         self.changed = asyncio.Event()  # set when a change is appended (the poster waits)
 
@@ -119,6 +120,8 @@ class MemoryOnline:
         return []  # one process: its node cannot die without the store
 
     async def settle_due(self, now_ms: int) -> list[PresenceChange]:
+        if now_ms >= self._next_prune:
+            self._prune(now_ms)
         changes = []
         for user_id, due in list(self._due.items()):
             if due > now_ms:
@@ -133,8 +136,18 @@ class MemoryOnline:
                 changes.append(self._append(user_id, user.role, False, user.seen))
         return changes
 
+    def _prune(self, now_ms: int) -> None:
+        """Forget users offline for longer than OFFLINE_TTL_S (Redis: the hash's TTL)."""
+        self._next_prune = now_ms + 3_600_000
+        cutoff = now_ms - OFFLINE_TTL_S * 1000
+        for user_id in [
+            u for u, x in self._users.items() if not x.on and not x.counts and x.seen < cutoff
+        ]:
+            del self._users[user_id]
+
     def _append(self, user_id: str, role: str, online: bool, ts: int) -> PresenceChange:
-        change = PresenceChange(f"{ts}-{next(self._seq)}", user_id, role, online, ts)
+        # ids grow like stream ids (receivers keep the last one per user to drop repeats)
+        change = PresenceChange(f"{_now_ms()}-{next(self._seq)}", user_id, role, online, ts)
         self.changes.append(change)
         self.changed.set()
         return change

@@ -69,3 +69,5 @@ SIMPLE_JWT = {"ACCESS_TOKEN_LIFETIME": timedelta(hours=1)}
 # The gateway: where Django publishes (Redis), and how it knows each user's role.
 GATEWAY_REDIS_URL = os.environ.get("GATEWAY_REDIS_URL", "redis://localhost:6379/0")
 GATEWAY_ROLE_RESOLVER = "marketplace.roles.role_of"
+# authenticates the gateway's POSTs of online/offline changes (marketplace/presence.py)
+GATEWAY_PUBLISH_API_KEY = os.environ.get("GATEWAY_PUBLISH_API_KEY", "")

@@ -19,12 +19,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.backend.base import PublishResult
+from gateway.contrib.django.presence import PresenceChange, presence_changed, presence_view
 from gateway.publish import Publisher, PublishError
 
 __all__ = [
+    "PresenceChange",
     "PublishError",
     "disconnect",
     "get_publisher",
+    "online",
+    "presence_changed",
+    "presence_view",
     "publish",
     "publish_on_commit",
     "reset_publisher",
@@ -103,3 +108,9 @@ def disconnect(user: Any) -> int:
     """Close every gateway connection of a user (a user object or an id) on every node."""
     user_id = getattr(user, "pk", user)
     return get_publisher().disconnect(str(user_id))
+
+
+def online(users: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Cluster-wide online status of users (objects or ids): ``{userId: {"online",
+    "connections", "lastSeen"}}``."""
+    return get_publisher().online([getattr(u, "pk", u) for u in users])
