@@ -27,6 +27,11 @@ class Keys:
         """string ``offset:epoch:eventId``; TTL 300 s."""
         return f"{self.prefix}:room:{{{room}}}:idem:{key}"
 
+    def room_event(self, room: str, event_id: str) -> str:
+        """string ``offset:epoch:eventId`` of the event published with that id (dedupe of
+        retries: one event, one offset); TTL as idempotency keys."""
+        return f"{self.prefix}:room:{{{room}}}:eid:{event_id}"
+
     def room_presence(self, room: str) -> str:
         """hash connectionId -> ``userId\\x1frole\\x1fnode``."""
         return f"{self.prefix}:room:{{{room}}}:presence"
