@@ -87,6 +87,9 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def online(request: web.Request) -> web.Response:
         return await api.online(request, node)
 
+    async def receipts(request: web.Request) -> web.Response:
+        return await api.receipts(request, node)
+
     async def client_js(request: web.Request) -> web.FileResponse:
         return web.FileResponse(
             STATIC_DIR / "client.js", headers={"Content-Type": "text/javascript; charset=utf-8"}
@@ -99,6 +102,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/disconnect", disconnect)
     app.router.add_get("/api/online", online)
+    app.router.add_get("/api/receipts/{event_id}", receipts)
     app.router.add_get("/client.js", client_js)
     dashboard.add_routes(app, node, lambda: app[DASHBOARD_TOKEN])
     if STATIC_DIR.is_dir():

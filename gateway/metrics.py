@@ -122,3 +122,9 @@ class Metrics:
             ["cap"],
             registry=r,
         )
+        self.receipts = Counter(
+            "gateway_receipts_total",
+            "received frames: accepted, ignored (not sent, repeated, malformed), expired, failed",
+            ["outcome"],
+            registry=r,
+        )

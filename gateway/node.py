@@ -27,11 +27,11 @@ from gateway.backend.base import (
     Publication,
     Recovery,
 )
-from gateway.backend.factory import make_online_store
+from gateway.backend.factory import make_online_store, make_receipt_store
 from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
-from gateway.events import dumps_payload, new_event_id, now_ms
+from gateway.events import dumps_payload, new_event_id, now_ms, wants_receipts
 from gateway.hub import Hub, Order, Outbox
 from gateway.metrics import Metrics
 from gateway.protocol import (
@@ -48,6 +48,7 @@ from gateway.protocol import (
     decode_frame,
     validate_payload,
 )
+from gateway.receipts import Receipts, looks_like_received, receipts_from_answer
 from gateway.rooms import (
     automatic_rooms,
     check_access,
@@ -126,6 +127,7 @@ class Node:
             timeout_s=settings.limits_timeout_s,
             metrics=metrics,
         )
+        self.receipts = Receipts(make_receipt_store(settings, backend), metrics, BACKEND_ERRORS)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -287,6 +289,7 @@ class Node:
             )
             await self.accounting.release_user(session.identity.user_id)
         await self.accounting.release_ip(session.ip)
+        self.receipts.forget(session.id)
 
     async def authenticate_with(self, session: Session, token: str) -> None:
         """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
@@ -299,6 +302,12 @@ class Node:
     # --- frames -------------------------------------------------------------------------------
     async def handle(self, session: Session, raw: str | bytes) -> None:
         self.frames_in += 1
+        if looks_like_received(raw):  # receipts: outside the rate limit, unless ignored
+            accepted = await self.receipts.handle(session, raw)
+            if accepted is not None:
+                if not accepted and not session.bucket.take():
+                    self.rate_limited(session)
+                return
         if not session.bucket.take():
             self.rate_limited(session)
             return
@@ -487,6 +496,7 @@ class Node:
             if member:  # still a member: what arrived meanwhile is still owed to the client
                 for pub in buffered:
                     session.enqueue(session.transport.encode_publication(pub))
+                self.receipts.sent(session, buffered)
             elif room in session.rooms:
                 session.drop_room(room)
                 if self.hub.remove(session, room):
@@ -499,10 +509,13 @@ class Node:
         if payload.since is not None:
             data["recovered"] = recovery.recovered
             data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
+            self.receipts.sent(session, recovery.publications)
         self.reply(session, "room_joined", data, frame_id)
         # go live: what arrived while we read history, minus what the answer already had
-        for pub in session.release_gate(room, position.epoch, position.offset):
+        released = session.release_gate(room, position.epoch, position.offset)
+        for pub in released:
             session.enqueue(session.transport.encode_publication(pub))
+        self.receipts.sent(session, released)
 
     async def _new_epoch(self, room: str, position: Position, since: Position | None) -> Any:
         """Redis answered with a position below what this node already saw in the same epoch:
@@ -591,9 +604,10 @@ class Node:
             raise ProtocolError(ErrorCode.DJANGO_UNAVAILABLE, "Django is unavailable, retry later")
         body = outcome.body if outcome.body is not None else payload
         rooms, body = rooms_from_answer(body, default_rooms(event, payload))
+        receipts, body = receipts_from_answer(body)
         try:
-            await self.backend.publish(
-                rooms, event, dumps_payload(body), "client", event_id=event_id
+            result = await self.backend.publish(
+                rooms, event, dumps_payload(body), "client", event_id=event_id, receipts=receipts
             )
         except BACKEND_ERRORS as exc:
             self.metrics.redis_errors.labels("publish").inc()
@@ -601,6 +615,8 @@ class Node:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "confirmed by Django but delivery failed; refetch state"
             ) from None
+        if receipts:
+            await self.receipts.published(result, self.local_members(rooms))
         self.metrics.business_events.labels(event, "confirmed").inc()
         self.metrics.publishes.labels("client").inc()
         self.reply(session, "ack", {"event": event, "eventId": event_id}, frame_id)
@@ -608,6 +624,8 @@ class Node:
     # --- backend callbacks --------------------------------------------------------------------
     def on_publication(self, pub: Publication) -> None:
         order = self.hub.deliver(pub)
+        if wants_receipts(pub.body) and order in (Order.IN_ORDER, Order.GAP):
+            self.receipts.sent_live(pub, self.hub.members(pub.room))
         if order is Order.IN_ORDER:
             members = self.hub.rooms.get(pub.room)
             if members:
@@ -754,6 +772,10 @@ class Node:
             removed = await self.backend.cleanup()
             if any(removed.values()):
                 log.debug("janitor removed %s", removed)
+
+    def local_members(self, rooms: list[str]) -> dict[str, int]:
+        """This node's members of ``rooms`` (embedded mode: everyone's)."""
+        return {room: len(self.hub.rooms.get(room, ())) for room in rooms}
 
     def _accounting_tick(self) -> float:
         """Grace periods end within a quarter of their length (at most 1 s late)."""

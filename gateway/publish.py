@@ -20,10 +20,11 @@ import orjson
 import redis
 from redis import asyncio as aioredis
 
-from gateway.backend import redis_publish
+from gateway.backend import redis_publish, redis_receipts
 from gateway.backend.base import PublishResult
 from gateway.backend.keys import Keys
 from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
+from gateway.backend.receipts import answer as receipts_answer
 from gateway.backend.redis_online import online_status, status_of
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.events import dumps_payload, now_ms
@@ -122,6 +123,7 @@ class _Base:
         payload: Any,
         idempotency_key: str | None,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> tuple[str, list[redis_publish.PublishCall]]:
         payload_json = _check(rooms, type_, payload)
         if event_id is not None and not 0 < len(event_id) <= MAX_EVENT_ID:
@@ -136,6 +138,7 @@ class _Base:
             sharded=self.cluster,
             event_id=event_id,
             idempotency_key=idempotency_key,
+            receipts=receipts,
         )
 
     def _control(self, user_id: str) -> tuple[str, bytes]:
@@ -156,12 +159,15 @@ class Publisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> int:
         """Publish one event to one room; returns its offset in the room. ``event_id`` names the
-        event (its ``id`` when delivered); publishing it again returns the first result."""
-        return self.publish_many([room], type, payload, idempotency_key, event_id=event_id).offsets[
-            room
-        ]
+        event (its ``id`` when delivered); publishing it again returns the first result.
+        ``receipts``: receivers acknowledge it (``receipts(event_id)``, contract §8)."""
+        result = self.publish_many(
+            [room], type, payload, idempotency_key, event_id=event_id, receipts=receipts
+        )
+        return result.offsets[room]
 
     def publish_many(
         self,
@@ -171,10 +177,23 @@ class Publisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
-        """Publish one event (one id) to several rooms in one round trip."""
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
-        return redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
+        """Publish one event (one id) to several rooms in one round trip (two with receipts)."""
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
+        result = redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
+        if receipts:
+            redis_receipts.write_index_sync(
+                self.client, self.keys, result.event_id, result.offsets, self.history.ttl_s
+            )
+        return result
+
+    def receipts(self, event_id: str) -> dict[str, Any] | None:
+        """Who received an event published with ``receipts=True``: ``{"eventId", "rooms":
+        {room: {"offset", "users": {userId: firstReceivedTs}, "connections", "members"}}}``
+        (broadcast rooms: ``users`` is a count); None when unknown or past the history TTL."""
+        rooms = redis_receipts.read_sync(self.client, self.keys, event_id)
+        return None if rooms is None else receipts_answer(event_id, rooms)
 
     def disconnect(self, user_id: str | int) -> int:
         """Close every connection of the user on every node (close 4403). Returns how many
@@ -211,8 +230,11 @@ class AsyncPublisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> int:
-        result = await self.publish_many([room], type, payload, idempotency_key, event_id=event_id)
+        result = await self.publish_many(
+            [room], type, payload, idempotency_key, event_id=event_id, receipts=receipts
+        )
         return result.offsets[room]
 
     async def publish_many(
@@ -223,9 +245,21 @@ class AsyncPublisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
+        result = await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster
+        )
+        if receipts:
+            await redis_receipts.write_index_async(
+                self.client, self.keys, result.event_id, result.offsets, self.history.ttl_s
+            )
+        return result
+
+    async def receipts(self, event_id: str) -> dict[str, Any] | None:
+        rooms = await redis_receipts.read_async(self.client, self.keys, event_id)
+        return None if rooms is None else receipts_answer(event_id, rooms)
 
     async def disconnect(self, user_id: str | int) -> int:
         count = int(await self.client.scard(self.keys.user_connections(str(user_id))))

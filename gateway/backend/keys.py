@@ -175,9 +175,9 @@ class Keys:
         return "gateway-presence"
 
     def receipts(self, room: str, event_id: str) -> str:
-        """hash of one event's receipts in one room: ``o`` offset, ``m`` members at publish,
-        ``c`` connections that acknowledged, ``u:<userId>`` -> first ms (not for broadcast
-        rooms); TTL the history TTL."""
+        """hash of one event's receipts in one room: ``o`` offset, ``e`` epoch, ``m`` members at
+        publish, ``c`` connections that acknowledged, ``u:<userId>`` -> first ms (broadcast rooms:
+        ``n`` distinct users instead); TTL the history TTL."""
         return f"{self.prefix}:room:{{{room}}}:rcpt:{event_id}"
 
     def receipts_users(self, room: str, event_id: str) -> str:

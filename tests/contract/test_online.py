@@ -1,6 +1,6 @@
 """The OnlineStore contract (``gateway/backend/online.py``), one suite for every implementation:
-``MemoryOnline`` and ``RedisOnline`` on a single Redis (``backend_kind``). The Redis Cluster
-variant runs the same scenarios in tests/cluster/test_online_cluster.py."""
+``MemoryOnline``, ``RedisOnline`` on a single Redis (one script call per change) and on a Redis
+Cluster (the counter, the node's record and the stream in different slots)."""
 
 from __future__ import annotations
 
@@ -41,18 +41,28 @@ class Probe:
         await self.store.settle_due(now_ms() + GRACE_MS + 1)
 
 
-@pytest.fixture
-async def probe(backend_kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
-    if backend_kind == "memory":
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
+    if request.param == "memory":
         yield Probe(MemoryOnline(grace_ms=GRACE_MS, stream_maxlen=1000))
         return
-    url = request.getfixturevalue("redis_server").url
-    client = make_client(url, cluster=False)
+    cluster = request.param == "cluster"
+    if cluster:
+        request.applymarker(pytest.mark.cluster)
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_server").url
+    client = make_client(url, cluster=cluster)
+    if cluster:
+        await client.initialize()
     keys = Keys(f"online{next(_seq)}")
-    batch = make_batcher(client)
-    store = RedisOnline(client, keys, batch=batch, grace_ms=GRACE_MS, stream_maxlen=1000)
+    batch = None if cluster else make_batcher(client)
+    store = RedisOnline(
+        client, keys, batch=batch, cluster=cluster, grace_ms=GRACE_MS, stream_maxlen=1000
+    )
     yield Probe(store, client, keys)
-    await batch.aclose()
+    if batch is not None:
+        await batch.aclose()
     await client.aclose()
 
 

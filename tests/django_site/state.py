@@ -14,7 +14,7 @@ from typing import Any
 # A token names its user: ``cliente-7`` is user 7 with role cliente.
 TOKEN_RULE = re.compile(r"^(cliente|proveedor|admin)-([0-9]{1,9})$")
 
-EVENTS_MODES = {"ok", "reject", "fail", "slow", "rooms", "empty"}
+EVENTS_MODES = {"ok", "reject", "fail", "slow", "rooms", "empty", "receipts"}
 PROFILE_MODES = {"ok", "fail", "slow"}
 PRESENCE_MODES = {"ok", "fail"}
 

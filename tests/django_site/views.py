@@ -119,6 +119,8 @@ def _handle_event(
         return exc.status, exc.body
     if mode == "rooms":
         obj["rooms"] = rooms
+    if mode == "receipts":
+        obj["receipts"] = True  # the gateway asks the receivers to acknowledge the event
     answer: tuple[int, dict[str, Any] | None] = (204, None) if mode == "empty" else (201, obj)
     if key is not None:
         with STATE.lock:

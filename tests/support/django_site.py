@@ -53,7 +53,8 @@ class DjangoSite(ManagedProcess):
         - ``events_mode``: ``ok`` (validate, 201 with the canonical object), ``reject`` (400
           ``{"detail": "Rejected by test"}``), ``fail`` (500), ``slow`` (sleep
           ``slow_seconds``, then as ``ok``), ``rooms`` (as ``ok`` plus ``"rooms": rooms``),
-          ``empty`` (validate, then 204 without a body);
+          ``empty`` (validate, then 204 without a body), ``receipts`` (as ``ok`` plus
+          ``"receipts": true``);
         - ``profile_mode``: ``ok``, ``fail`` (500) or ``slow``;
         - ``presence_mode``: ``ok`` (``presence/`` runs ``gateway.contrib.django.presence_view``)
           or ``fail`` (503: Django is down for the presence feed);
