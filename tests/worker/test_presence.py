@@ -1,7 +1,7 @@
 """The presence feed (contract §8): the worker POSTs online/offline changes to the real Django test
 site, whose view is ``gateway.contrib.django.presence_view`` with a ``@presence_changed`` hook.
 Django receives each change once, in order per user, across a Django outage and worker restarts
-(SIGKILL and SIGTERM)."""
+(SIGKILL and SIGTERM). And an ingest entry with ``receipts 1`` asks for receipts."""
 
 from __future__ import annotations
 
@@ -144,3 +144,40 @@ async def test_presence_view_wants_the_key_and_drops_repeated_changes(
     async with http.post(url, json={"changes": [{"userId": "7"}]}, headers=good) as response:
         assert response.status == 400
     assert [c["online"] for c in await handled(django_site)] == [True, False]
+
+
+async def test_an_ingest_entry_with_receipts_1_is_acknowledged_by_its_receivers(
+    redis_server: Any, make_node: Any, start_worker: Any, http: Any
+) -> None:
+    node = await make_node(redis_server.url)
+    await start_worker(redis_server.url)
+    client = await WsClient.connect(http, node.ws_url)
+    await client.authenticate("proveedor-6")
+    admin = redis_server.admin()
+    admin.xadd(
+        KEYS.ingest,
+        {
+            "room": "proveedor_6",
+            "type": "reminder",
+            "payload": "{}",
+            "receipts": "1",
+            "event_id": "ingest-receipt-1",
+        },
+    )
+    admin.xadd(KEYS.ingest, {"room": "proveedor_6", "type": "plain", "payload": "{}"})
+    first, second = await client.events(2, "proveedor_6", timeout=15)
+    assert (first["id"], first["receipts"]) == ("ingest-receipt-1", True)
+    assert "receipts" not in second
+    await client.send(
+        "received", {"room": "proveedor_6", "offset": first["offset"], "epoch": first["epoch"]}
+    )
+    assert (await client.request("ping"))["event"] == "pong"
+    async with http.get(
+        f"{node.http_url}/api/receipts/ingest-receipt-1",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
+        body = await response.json()
+    assert set(body["rooms"]["proveedor_6"]["users"]) == {"6"}
+    admin.xadd(KEYS.ingest, {"room": "proveedor_6", "type": "t", "payload": "{}", "receipts": "2"})
+    await eventually(lambda: admin.xlen(KEYS.ingest_dead) == 1, 10, "the bad entry dead-lettered")
+    await client.close()

@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/v1/token/", TokenObtainPairView.as_view()),
     path("api/v1/reservations/", api.create_reservation),
     path("api/v1/reservations/<int:pk>/accept/", api.accept_reservation),
+    # a reminder that falls back to e-mail when the cliente's client does not acknowledge it
+    path("api/v1/reservations/<int:pk>/remind/", api.remind_reservation),
     path("api/v1/logout/", api.logout),
     # online/offline changes from the gateway's worker (GATEWAY_DJANGO_PRESENCE_PATH=presence/)
     path("api/v1/presence/", presence_view),
