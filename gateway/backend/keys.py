@@ -166,6 +166,11 @@ class Keys:
         return f"{self.prefix}:{{g}}:presence:due"
 
     @property
+    def online_users(self) -> str:
+        """zset (all scores 0) of the users announced online, for counting and paging."""
+        return f"{self.prefix}:{{g}}:online"
+
+    @property
     def presence_stream(self) -> str:
         """stream of online/offline changes: ``userId``, ``role``, ``online`` (1/0), ``ts``."""
         return f"{self.prefix}:presence"

@@ -119,4 +119,8 @@ class OnlineStore(Protocol):
 
     async def online(self, user_ids: Sequence[str], now_ms: int) -> dict[str, UserStatus]: ...
 
+    async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        """Users announced online, by id, after ``cursor``: up to ``limit + 1`` (one more says
+        there is a next page), and how many there are."""
+
     async def close(self) -> None: ...

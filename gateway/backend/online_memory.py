@@ -166,5 +166,10 @@ class MemoryOnline:
                 out[user_id] = UserStatus(user.on, 0, user.seen or None)
         return out
 
+    async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        names = sorted(u for u, x in self._users.items() if x.on)
+        after = [n for n in names if cursor is None or n > cursor]
+        return after[: limit + 1], len(names)
+
     async def close(self) -> None:
         pass

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+Counts = tuple[int, int]
 
 
 def is_broadcast(room: str) -> bool:
@@ -61,6 +63,10 @@ class ReceiptStore(Protocol):
     async def receipts(self, event_id: str) -> dict[str, RoomReceipts] | None:
         """Per room, or None for an unknown or expired event."""
 
+    async def counts(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Counts]:
+        """``(room, eventId)`` -> ``(connections that acknowledged, members at publish)`` for
+        the items that asked for receipts (the dashboard's live log)."""
+
 
 class MemoryReceipts:
     """Embedded mode: records in a dict, dropped oldest first once past the TTL."""
@@ -102,3 +108,12 @@ class MemoryReceipts:
         if found is None or found[0] <= time.monotonic():
             return None
         return found[1]
+
+    async def counts(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Counts]:
+        out = {}
+        for room, event_id in items:
+            found = self._events.get(event_id)
+            record = found[1].get(room) if found is not None else None
+            if record is not None:
+                out[(room, event_id)] = (record.connections, record.members)
+        return out

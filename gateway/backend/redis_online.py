@@ -105,7 +105,7 @@ class RedisOnline:
         else:
             keys.append(self.keys.node_held(node))
             if kind == USER:
-                keys.append(self.keys.presence_stream)
+                keys += [self.keys.presence_stream, self.keys.online_users]
         now = _now_ms()
         args: list[Any] = [
             node,
@@ -123,6 +123,7 @@ class RedisOnline:
                 await self.client.hincrby(self.keys.node_held(node), field, -1)
             elif came_online:
                 await self._append(key, role, True, now)
+                await self.client.zadd(self.keys.online_users, {key: 0})
         return Admission(bool(admitted), int(count), bool(came_online))
 
     async def release(self, node: str, kind: str, key: str, count: int | None = 1) -> int:
@@ -180,13 +181,14 @@ class RedisOnline:
             user_id = _s(raw_user)
             keys = [self.keys.user_online(user_id)]
             if not self.cluster:
-                keys += [self.keys.presence_stream, self.keys.presence_due]
+                keys += [self.keys.presence_stream, self.keys.presence_due, self.keys.online_users]
             args = [user_id, now_ms, self.stream_maxlen, OFFLINE_TTL_S, int(score)]
             status, role, ts = await scripts.load(SETTLE).run(self.client, keys, args)
             if int(status) == 1:
                 change_id = ""
                 if self.cluster:
                     change_id = await self._append(user_id, _s(role), False, int(ts))
+                    await self.client.zrem(self.keys.online_users, user_id)
                 changes.append(PresenceChange(change_id, user_id, _s(role), False, int(ts)))
             if self.cluster and int(status) != 0:
                 await scripts.load(ZREM_IF).run(
@@ -203,6 +205,14 @@ class RedisOnline:
 
     async def online(self, user_ids: Sequence[str], now_ms: int) -> dict[str, UserStatus]:
         return await online_status(self.client, self.keys, user_ids, now_ms)
+
+    async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        start = f"({cursor}" if cursor else "-"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.keys.online_users, start, "+", bylex=True, offset=0, num=limit + 1)
+        pipe.zcard(self.keys.online_users)
+        names, total = await pipe.execute()
+        return [_s(n) for n in names], int(total)
 
     async def close(self) -> None:
         pass

@@ -10,12 +10,12 @@ Sync and asyncio clients share the command builders, for the node, the worker an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.backend import scripts
 from gateway.backend.keys import Keys
-from gateway.backend.receipts import RoomReceipts, is_broadcast
+from gateway.backend.receipts import Counts, RoomReceipts, is_broadcast
 
 RECEIPT = "receipt"
 
@@ -133,3 +133,15 @@ class RedisReceipts:
 
     async def receipts(self, event_id: str) -> dict[str, RoomReceipts] | None:
         return await read_async(self.client, self.keys, event_id)
+
+    async def counts(self, items: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Counts]:
+        if not items:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for room, event_id in items:
+            pipe.hmget(self.keys.receipts(room, event_id), ["o", "c", "m"])
+        out = {}
+        for item, (offset, acked, members) in zip(items, await pipe.execute(), strict=True):
+            if offset is not None:  # the event asked for receipts, and they are still kept
+                out[item] = (int(acked or 0), int(members or 0))
+        return out

@@ -2,6 +2,7 @@
 -- KEYS[1] the counter hash (user_online or ip_connections): "n:<node>" -> that node's connections
 -- KEYS[2] the node's held record (node_held)            optional: single Redis only
 -- KEYS[3] the presence stream (users only)               optional: single Redis only
+-- KEYS[4] the index of online users (zset, scores 0)      optional: single Redis only
 -- ARGV[1] node            ARGV[2] held field ("u:<userId>" / "i:<ip>")   ARGV[3] now (ms)
 -- ARGV[4] cap (0 = none)  ARGV[5] count to set for this node ("" = add one; restoring after an
 --                         outage sets the node's own count, so repeating it changes nothing)
@@ -47,5 +48,8 @@ redis.call("HSET", KEYS[1], "on", "1")
 if #KEYS >= 3 then
   redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[8], "*",
              "userId", ARGV[6], "role", ARGV[7], "online", "1", "ts", ARGV[3])
+end
+if #KEYS >= 4 then
+  redis.call("ZADD", KEYS[4], 0, ARGV[6])
 end
 return {1, total, 1}

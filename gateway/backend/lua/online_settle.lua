@@ -2,6 +2,7 @@
 -- KEYS[1] the user's hash (user_online)
 -- KEYS[2] the presence stream       optional: single Redis only
 -- KEYS[3] the presence due zset     optional: single Redis only
+-- KEYS[4] the index of online users optional: single Redis only
 -- ARGV[1] user id   ARGV[2] now (ms)   ARGV[3] stream MAXLEN   ARGV[4] TTL of an offline user (s)
 -- ARGV[5] the due score the caller read (the zset entry is removed only if not newer)
 -- Returns {status, role, ts}: status 0 = not due yet, 1 = went offline (the caller appends to the
@@ -29,6 +30,9 @@ else
     if #KEYS >= 2 then
       redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[3], "*",
                  "userId", ARGV[1], "role", role, "online", "0", "ts", ts)
+    end
+    if #KEYS >= 4 then
+      redis.call("ZREM", KEYS[4], ARGV[1])
     end
   end
   redis.call("EXPIRE", KEYS[1], ARGV[4])
