@@ -83,8 +83,12 @@ class Accounting:
         await self.store.register(self.node_id)
 
     async def stop(self) -> None:
-        """Shutdown: what this node still counts is released (its sessions are closed by now)."""
+        """Shutdown: what this node still counts is released (normally nothing: its sessions
+        closed first), with the grace period, so clients reconnecting elsewhere do not flap."""
         with contextlib.suppress(*ERRORS):
+            for (kind, key), count in list(self.held.items()):
+                await self.store.release(self.node_id, kind, key, count)
+            self.held.clear()
             await self.store.sweep_node(self.node_id)
         await self.store.close()
 

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     presence_stream_maxlen: int = Field(100_000, ge=100, le=100_000_000)
     django_presence_path: str | None = None
     presence_batch: int = Field(100, ge=1, le=10_000)
+    receipts_pending: int = Field(256, ge=1, le=100_000)
 
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv

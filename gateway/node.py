@@ -127,7 +127,12 @@ class Node:
             timeout_s=settings.limits_timeout_s,
             metrics=metrics,
         )
-        self.receipts = Receipts(make_receipt_store(settings, backend), metrics, BACKEND_ERRORS)
+        self.receipts = Receipts(
+            make_receipt_store(settings, backend),
+            metrics,
+            BACKEND_ERRORS,
+            max_pending=settings.receipts_pending,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -6,19 +6,20 @@ remembers, per connection, ``(room, offset, epoch) -> eventId`` when it sends th
 a join's ``missed``, or released after a join. A ``received`` frame ``{room, offset, epoch}`` is
 accepted only when it names such an entry of that very connection — so a receipt for a room the
 connection is not in, for an offset it was not sent (yet), or for another user's event changes
-nothing — and the entry is then spent, so a repeated receipt changes nothing either. Accepted
+nothing — and the entry is then removed, so a repeated receipt changes nothing either. Accepted
 receipts go to the cluster-wide ``ReceiptStore``.
 
 ``received`` frames do not count toward the rate limit; one that is not accepted does (a flood of
 bogus receipts is throttled like any other frames). What a connection remembers is bounded
 (``MAX_PENDING``, oldest forgotten first), and only events with receipts cost anything: other
-deliveries pass one ``bytes.endswith``.
+deliveries pass one ``bytes.endswith``. A connection that acknowledges keeps nothing; one that
+never does keeps at most ``GATEWAY_RECEIPTS_PENDING`` entries (about 100 bytes each: the key and
+the event id are shared by every connection that was sent the event).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,7 +31,6 @@ from gateway.events import now_ms, wants_receipts
 
 log = logging.getLogger("gateway.receipts")
 
-MAX_PENDING = 1000  # events with receipts remembered per connection
 Key = tuple[str, int, str]
 
 
@@ -55,12 +55,17 @@ def _event_id(pub: Publication) -> str:
 
 class Receipts:
     def __init__(
-        self, store: ReceiptStore, metrics: Any = None, errors: tuple[Any, ...] = ()
+        self,
+        store: ReceiptStore,
+        metrics: Any = None,
+        errors: tuple[Any, ...] = (),
+        max_pending: int = 256,
     ) -> None:
         self.store = store
+        self.max_pending = max_pending
         self.metrics = metrics
         self.errors: tuple[type[BaseException], ...] = errors
-        self._sent: dict[str, OrderedDict[Key, str | None]] = {}  # by connection id
+        self._sent: dict[str, dict[Key, str]] = {}  # by connection id, oldest first
 
     # --- what was sent ------------------------------------------------------------------------
     def sent(self, session: Any, pubs: Iterable[Publication]) -> None:
@@ -83,12 +88,10 @@ class Receipts:
     def _remember(self, connection_id: str, key: Key, event_id: str) -> None:
         sent = self._sent.get(connection_id)
         if sent is None:
-            sent = self._sent[connection_id] = OrderedDict()
-        elif key in sent:
-            return  # sent again (a rejoin from further back): still one receipt at most
+            sent = self._sent[connection_id] = {}
         sent[key] = event_id
-        if len(sent) > MAX_PENDING:
-            sent.popitem(last=False)
+        if len(sent) > self.max_pending:
+            del sent[next(iter(sent))]  # the oldest
 
     def forget(self, connection_id: str) -> None:
         self._sent.pop(connection_id, None)
@@ -107,11 +110,12 @@ class Receipts:
             return None
         key = _key(frame.get("data"))
         sent = self._sent.get(session.id)
-        event_id = sent.get(key) if sent is not None and key is not None else None
+        event_id = sent.pop(key, None) if sent is not None and key is not None else None
         if event_id is None or sent is None or key is None:
             self._count("ignored")
             return False
-        sent[key] = None  # spent: a repeat changes nothing
+        if not sent:
+            del self._sent[session.id]  # nothing owed: the connection keeps nothing
         try:
             recorded = await self.store.record(key[0], event_id, session.identity.user_id, now_ms())
         except self.errors as exc:
