@@ -28,7 +28,7 @@ from gateway.backend.base import (
     Recovery,
 )
 from gateway.backend.factory import make_online_store, make_receipt_store
-from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
+from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode, close_code_label
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
 from gateway.events import dumps_payload, new_event_id, now_ms, wants_receipts
@@ -54,6 +54,7 @@ from gateway.rooms import (
     check_access,
     check_sender,
     default_rooms,
+    is_broadcast_room,
     rooms_from_answer,
 )
 from gateway.session import Session, Transport
@@ -99,6 +100,7 @@ class Node:
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
+        self.handshakes = 0  # TCP connections whose request head is not complete (gateway.wsconn)
         self.by_user: dict[str, list[Session]] = defaultdict(list)
         self.by_ip: Counter[str] = Counter()
         self.draining = False
@@ -208,8 +210,8 @@ class Node:
         """Why a new connection from ``ip`` must be refused, or None."""
         if self.draining:
             return "draining"
-        if len(self.sessions) >= self.settings.max_connections:
-            return "node_full"
+        if len(self.sessions) + self.handshakes >= self.settings.max_connections:
+            return "node_full"  # unfinished handshakes count (CONTRACT section 2)
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
         self.accounting.note_address(ip, self.by_ip[ip] + 1, len(self.sessions) + 1)
@@ -240,6 +242,11 @@ class Node:
         log.debug("connection %s opened from %s", session.id, ip)
         return session
 
+    def _cancel_auth_deadline(self, session: Session) -> None:
+        timer = self._auth_timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+
     def _auth_deadline(self, session: Session) -> None:
         self._auth_timers.pop(session, None)
         if session.identity is None and not session.closed:
@@ -268,7 +275,7 @@ class Node:
         self.by_role[role] -= 1
         self._connected_at_sum -= session.connected_at - self.started_at
         self.metrics.connections.labels(role, session.transport.kind).dec()
-        self.metrics.disconnects.labels(str(code or 1006)).inc()
+        self.metrics.disconnects.labels(close_code_label(code or 1006)).inc()
         rooms = list(session.rooms)
         for room in rooms:
             if self.hub.remove(session, room):
@@ -382,6 +389,8 @@ class Node:
         anything; they must match the token's identity."""
         if session.identity is not None:
             raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")
+        self._cancel_auth_deadline(session)  # the deadline is for sending it; Django's own
+        # timeout bounds the verification
         try:
             identity = await self.django.verify(token)
             if (user_id is not None and user_id != identity.user_id) or (
@@ -403,9 +412,6 @@ class Node:
         if session.closed:
             await self.accounting.release_user(identity.user_id)  # counted, never registered
             return
-        timer = self._auth_timers.pop(session, None)
-        if timer is not None:
-            timer.cancel()
         rooms = automatic_rooms(identity)
         session.identity = identity
         session.token = token
@@ -568,6 +574,9 @@ class Node:
     ) -> None:
         assert session.identity is not None
         check_access(session.identity, payload.room)
+        if is_broadcast_room(payload.room):  # a count only: privacy, and size
+            await self._presence_count(session, payload.room, frame_id)
+            return
         try:
             members = await self.backend.presence(payload.room)
         except BACKEND_ERRORS:
@@ -580,6 +589,14 @@ class Node:
             ],
         }
         self.reply(session, "presence", data, frame_id)
+
+    async def _presence_count(self, session: Session, room: str, frame_id: FrameId | None) -> None:
+        try:
+            count = await self.backend.room_count(room)
+        except BACKEND_ERRORS:
+            self.metrics.redis_errors.labels("presence").inc()
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence is unavailable, retry") from None
+        self.reply(session, "presence", {"room": room, "count": count}, frame_id)
 
     # --- business events ----------------------------------------------------------------------
     async def _business(

@@ -95,18 +95,15 @@ async def _index_receipts(
     results: list[Any],
 ) -> None:
     """Events with receipts: their rooms' index, so ``receipts(eventId)`` finds them."""
-    pipe = client.pipeline(transaction=False)
-    queued = False
     i = 0
     for event, calls in plans:
         mine = results[i : i + len(calls)]
         i += len(calls)
         if event.receipts and not any(isinstance(r, Exception) for r in mine):
             offsets = {call.room: int(r[0]) for call, r in zip(calls, mine, strict=True)}
-            redis_receipts.queue_index(pipe, keys, event.event_id, offsets, policy.ttl_s)
-            queued = True
-    if queued:
-        await pipe.execute()
+            await redis_receipts.write_index_async(
+                client, keys, event.event_id, offsets, policy.ttl_s
+            )
 
 
 async def _execute(client: Any, calls: list[PublishCall]) -> list[Any]:

@@ -213,7 +213,12 @@ class Backend(Protocol):
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None: ...
 
-    async def presence(self, room: str) -> list[PresenceMember]: ...
+    async def presence(self, room: str) -> list[PresenceMember]:
+        """The room's members, cluster-wide, with their connection counts. Not for broadcast
+        rooms (``all_clientes``, ``all_proveedores``), which keep a count only: ``room_count``."""
+
+    async def room_count(self, room: str) -> int:
+        """How many connections are in the room, cluster-wide; O(1) whatever its size."""
 
     async def user_connections(self, user_id: str) -> int:
         """How many connections the user has open, cluster-wide."""
@@ -240,4 +245,5 @@ class Backend(Protocol):
         """Events published in each of the last 60 minutes, oldest first."""
 
     async def cleanup(self) -> dict[str, int]:
-        """Remove state of dead nodes and stale presence; report what was removed."""
+        """Remove state of dead nodes; report what was removed. Idempotent, and never
+        overlapping another sweep of the cluster (``leases.LeaseBusy`` when one runs too long)."""

@@ -192,3 +192,10 @@ class Keys:
     def receipts_event(self, event_id: str) -> str:
         """hash room -> offset: the rooms of an event published with receipts; TTL history."""
         return f"{self.prefix}:rcpt:{{{event_id}}}"
+
+    # --- janitor (appended) -------------------------------------------------------------------
+    def job_period(self, job: str) -> str:
+        """string: set (PX, most of a period) by the worker that ran ``job`` this period; the
+        other workers skip their tick while it lives. The job's lease is released at once, so
+        ``POST /dashboard/cleanup`` waits only while a sweep actually runs."""
+        return f"{self.prefix}:lease:{job}:period"

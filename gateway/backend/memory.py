@@ -239,6 +239,9 @@ class MemoryBackend:
         )
         return [PresenceMember(u, r, n) for (u, r), n in sorted(counts.items())]
 
+    async def room_count(self, room: str) -> int:
+        return len(self._presence.get(room, ()))
+
     async def user_connections(self, user_id: str) -> int:
         return sum(1 for c in self._connections.values() if c.user_id == user_id)
 

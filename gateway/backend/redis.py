@@ -353,6 +353,9 @@ class RedisBackend:
     async def presence(self, room: str) -> list[PresenceMember]:
         return await self.state.presence(room)
 
+    async def room_count(self, room: str) -> int:
+        return await self.state.room_count(room)
+
     async def user_connections(self, user_id: str) -> int:
         return await self.state.user_connections(user_id)
 
@@ -379,4 +382,5 @@ class RedisBackend:
         return await self.state.events_per_minute(now_ms_)
 
     async def cleanup(self) -> dict[str, int]:
-        return await self.state.cleanup(exclude={self._node_id})
+        # under the worker janitor's lease: a dashboard cleanup never overlaps its sweep
+        return await self.state.cleanup_exclusive(self._node_id, exclude={self._node_id})

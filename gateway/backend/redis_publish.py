@@ -30,6 +30,8 @@ class HistoryPolicy:
     size: int = 100
     ttl_s: int = 600
     meta_ttl_s: int = 86400
+    # how long an idempotency key is remembered; the worker raises it to cover its reclaims
+    idempotency_ttl_s: int = IDEMPOTENCY_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,9 @@ def build_calls(
         raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
     # A caller's event id (or idempotency key) may be retried by the caller for as long as an
     # idempotency key; one we make is only retried by redis-py, within seconds.
-    dedupe_ttl = IDEMPOTENCY_TTL_S if event_id or idempotency_key else GENERATED_EVENT_DEDUPE_TTL_S
+    # (the worker's policy lengthens it to cover its reclaims: worker.ingest.idempotency_window_s)
+    caller_ttl = policy.idempotency_ttl_s
+    dedupe_ttl = caller_ttl if event_id or idempotency_key else GENERATED_EVENT_DEDUPE_TTL_S
     event_id = event_id or new_event_id()
     ts = now_ms()
     epoch = new_epoch()
@@ -95,7 +99,7 @@ def build_calls(
             room,
         ]
         if receipts:  # appended: publishes without receipts pass exactly what they did
-            args += [policy.ttl_s, keys.receipts(room, event_id), keys.room_presence(room)]
+            args += [policy.ttl_s, keys.receipts(room, event_id)]
         if sharded:
             call_keys = call_keys[:3]
         calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source)))

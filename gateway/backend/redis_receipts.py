@@ -1,10 +1,11 @@
 """Delivery receipts in Redis (the ``ReceiptStore`` contract, receipts.py).
 
 Per room and event a hash ``receipts(room, eventId)`` in the room's slot: written by the publish
-script itself (``o`` offset, ``e`` epoch, ``m`` members, with the history TTL) only when the publish
-asked for receipts, so other publishes pay nothing; then ``c`` and ``u:<userId>`` by
-``receipt.lua`` (a HyperLogLog beside it counts the users of a broadcast room). The event's rooms
-are indexed in ``receipts_event(eventId)`` (another slot: written right after the publish).
+script itself (``o`` offset, ``e`` epoch, with the history TTL) only when the publish asked for
+receipts, so other publishes pay nothing; then ``c`` and ``u:<userId>`` by ``receipt.lua`` (a
+HyperLogLog beside it counts the users of a broadcast room). Right after the publish, the event's
+rooms are indexed in ``receipts_event(eventId)`` (another slot) and each record gets ``m``, the
+room's members then (from the cluster-wide member counts, in yet another slot).
 Sync and asyncio clients share the command builders, for the node, the worker and ``Publisher``.
 """
 
@@ -25,12 +26,24 @@ def _s(value: Any) -> str:
 
 
 def queue_index(
-    pipe: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
+    pipe: Any,
+    keys: Keys,
+    event_id: str,
+    offsets: Mapping[str, int],
+    ttl_s: int,
+    members: Sequence[Any],
 ) -> None:
-    """The event's index of rooms -> offsets (after the publish wrote the per-room records)."""
+    """The event's index of rooms -> offsets, and each room's members when it was published
+    (``members``: the rooms' counts, in the order of ``offsets``). The per-room records exist
+    already (the publish wrote them): ``EXPIRE NX`` only guards against recreating one that
+    expired in between without a TTL."""
     key = keys.receipts_event(event_id)
     pipe.hset(key, mapping=dict(offsets))
     pipe.expire(key, ttl_s)
+    for room, count in zip(offsets, members, strict=True):
+        record = keys.receipts(room, event_id)
+        pipe.hset(record, "m", int(count or 0))
+        pipe.expire(record, ttl_s, nx=True)
 
 
 def receipt_call(
@@ -94,16 +107,18 @@ async def read_async(client: Any, keys: Keys, event_id: str) -> dict[str, RoomRe
 def write_index_sync(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
+    members = client.hmget(keys.room_members, list(offsets))
     pipe = client.pipeline(transaction=False)
-    queue_index(pipe, keys, event_id, offsets, ttl_s)
+    queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     pipe.execute()
 
 
 async def write_index_async(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
+    members = await client.hmget(keys.room_members, list(offsets))
     pipe = client.pipeline(transaction=False)
-    queue_index(pipe, keys, event_id, offsets, ttl_s)
+    queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     await pipe.execute()
 
 

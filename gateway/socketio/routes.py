@@ -62,17 +62,11 @@ async def _refuse(node: Node, request: web.Request) -> web.StreamResponse | None
     return refuse(node, request) or await admit_ip(node, request)
 
 
-async def _release(node: Node, request: web.Request) -> None:
-    """The upgrade failed after ``admit_ip`` counted it."""
-    await node.accounting.release_ip(client_ip(request, node.settings.trusted_proxies))
-
-
 def add_routes(app: web.Application, node: Node) -> None:
     handler = socketio_handler(
         partial(_open, node),
         SocketIOOptions.from_settings(node.settings),
         refuse=partial(_refuse, node),
-        release=partial(_release, node),
     )
     for path in PATHS:
         app.router.add_route("*", path, handler)

@@ -323,6 +323,35 @@ async def test_presence_aggregates_connections_per_user(backend: Harness) -> Non
     assert await b.presence("room_a") == []
 
 
+async def test_room_count_counts_connections_of_broadcast_and_other_rooms(
+    backend: Harness,
+) -> None:
+    """``presence`` of ``all_clientes`` / ``all_proveedores`` answers this count (contract v3
+    section 2); every room has one."""
+    b = backend.backend
+    c1, c2, c3 = backend.conn("u1"), backend.conn("u1"), backend.conn("u2")
+    await b.add_connection(c1, ["cliente_u1", "all_clientes"])
+    await b.add_connection(c2, ["cliente_u1", "all_clientes"])
+    await b.add_connection(c3)
+    await b.join(c3, ["all_clientes", "service_1"], ["all_clientes", "service_1"])
+    await b.join(c1, ["all_clientes"], ["cliente_u1", "all_clientes"])  # again: counts once
+    assert await b.room_count("all_clientes") == 3
+    assert await b.room_count("cliente_u1") == 2
+    assert await b.room_count("service_1") == 1
+    assert await b.room_count("all_proveedores") == 0
+    page = await b.list_rooms(100, None)
+    assert {i["room"]: i["members"] for i in page.items}["all_clientes"] == 3
+    await b.leave(c3, ["all_clientes"], ["service_1"])
+    await b.leave(c3, ["all_clientes"], ["service_1"])  # again: counts once
+    assert await b.room_count("all_clientes") == 2
+    await b.remove_connection(c2, ["cliente_u1", "all_clientes"])
+    assert await b.room_count("all_clientes") == 1
+    assert await b.room_count("cliente_u1") == 1
+    await b.deregister()
+    assert await b.room_count("all_clientes") == 0
+    assert (await b.list_rooms(100, None)).total == 0
+
+
 async def test_join_leave_remove_update_rooms_and_clients(backend: Harness) -> None:
     b = backend.backend
     c1 = backend.conn("u1", connection_id="conn-a")

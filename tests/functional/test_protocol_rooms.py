@@ -171,6 +171,15 @@ async def presence_members(client: Any, room: str) -> list[dict[str, Any]]:
     return sorted(reply["data"]["members"], key=lambda m: m["userId"])
 
 
+async def presence_count(client: Any, room: str) -> int:
+    """``presence`` of a broadcast room: ``{"room", "count"}`` and nothing else."""
+    reply = await client.request("presence", {"room": room})
+    assert reply["event"] == "presence", reply
+    assert set(reply["data"]) == {"room", "count"}, reply
+    assert reply["data"]["room"] == room
+    return int(reply["data"]["count"])
+
+
 async def wait_presence(client: Any, room: str, expected: list[dict[str, Any]]) -> None:
     """Presence after a close is updated when the node sees the socket go: poll briefly."""
     members: list[dict[str, Any]] = []
@@ -202,9 +211,9 @@ async def test_presence_aggregates_connections_per_user(node: Any, http: Any) ->
     assert await presence_members(admin, "cliente_5") == [
         {"userId": "5", "role": "cliente", "connections": 2}
     ]
-    assert await presence_members(admin, "all_proveedores") == [
-        {"userId": "6", "role": "proveedor", "connections": 1}
-    ]
+    # broadcast rooms answer a count only (privacy, and size)
+    assert await presence_count(admin, "all_proveedores") == 1
+    assert await presence_count(a1, "all_clientes") == 2
     # a room nobody is in
     assert await presence_members(b, "service_8") == []
     # leaving and closing are reflected
@@ -220,6 +229,7 @@ async def test_presence_aggregates_connections_per_user(node: Any, http: Any) ->
     await a1.close()
     await wait_presence(b, "service_7", [{"userId": "6", "role": "proveedor", "connections": 1}])
     await wait_presence(admin, "cliente_5", [{"userId": "5", "role": "cliente", "connections": 1}])
+    assert await presence_count(a2, "all_clientes") == 1
     for client in (a2, b, admin):
         await client.close()
 
