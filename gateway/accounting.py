@@ -133,6 +133,14 @@ class Accounting:
         return True
 
     # --- release ------------------------------------------------------------------------------
+    async def closed(self, user_id: str | None, ip: str) -> None:
+        """A connection closed: its user (when it was counted) and its address are released
+        together (one shared round trip)."""
+        if user_id is None:
+            await self._release((IP, ip))
+        else:
+            await asyncio.gather(self._release((USER, user_id)), self._release((IP, ip)))
+
     async def release_ip(self, ip: str) -> None:
         await self._release((IP, ip))
 

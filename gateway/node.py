@@ -299,8 +299,10 @@ class Node:
                 code,
                 time.time() - session.connected_at,
             )
-            await self.accounting.release_user(session.identity.user_id)
-        await self.accounting.release_ip(session.ip)
+        user_id = (
+            session.identity.user_id if session.info is not None and session.identity else None
+        )
+        await self.accounting.closed(user_id, session.ip)
         self.receipts.forget(session.id)
 
     async def authenticate_with(self, session: Session, token: str) -> None:
