@@ -80,7 +80,13 @@ class Accounting:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.store.register(self.node_id)
+        """Register the node's record (clearing what a previous life left); with Redis
+        unreachable, ``reconcile`` registers it once Redis answers."""
+        try:
+            await self.store.register(self.node_id)
+        except ERRORS as exc:
+            self._failed(exc)
+            self.dirty = True
 
     async def stop(self) -> None:
         """Shutdown: what this node still counts is released (normally nothing: its sessions

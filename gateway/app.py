@@ -71,9 +71,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_view(request: web.Request) -> web.Response:
-        node.metrics.pubsub_reconnects.set(
-            sum(link.reconnects for link in getattr(node.backend, "_links", {}).values())
-        )
+        node.metrics.pubsub_reconnects.set(getattr(node.backend, "pubsub_reconnects", 0))
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -63,9 +63,9 @@ log = logging.getLogger("gateway.node")
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 try:  # redis is a dependency, but keep the node importable without it for the memory backend
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError)
+    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError, RedisClusterException)
 except ImportError:  # pragma: no cover
     pass
 
@@ -140,9 +140,14 @@ class Node:
     async def start(self) -> None:
         await self.django.start()
         await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
-        await self._heartbeat_once()
-        self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
-        await self.accounting.start()
+        try:
+            await self._heartbeat_once()
+            self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        except BACKEND_ERRORS as exc:  # not fatal: /readyz says 503, the heartbeat loop retries
+            self.backend_ok = False
+            self.metrics.ready.set(0)
+            log.warning("backend unreachable at startup: reporting not ready (%s)", exc)
+        await self.accounting.start()  # never raises: registers once the backend answers
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
