@@ -33,10 +33,10 @@ from gateway.events import now_ms
 log = logging.getLogger("gateway.accounting")
 
 ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
-try:
-    from redis.exceptions import RedisError
+try:  # a Redis Cluster that cannot be reached raises RedisClusterException, not a RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    ERRORS = (*ERRORS, RedisError)
+    ERRORS = (*ERRORS, RedisError, RedisClusterException)
 except ImportError:  # pragma: no cover
     pass
 
