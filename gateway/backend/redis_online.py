@@ -39,6 +39,14 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _pairs(flat: Any) -> list[tuple[Any, float]]:
+    """``[member, score, ...]`` (a raw WITHSCORES reply) or redis-py's pairs, as pairs."""
+    items = list(flat or [])
+    if items and isinstance(items[0], list | tuple):
+        return [(m, float(s)) for m, s in items]
+    return [(items[i], float(items[i + 1])) for i in range(0, len(items), 2)]
+
+
 class RedisOnline:
     def __init__(
         self,
@@ -69,19 +77,33 @@ class RedisOnline:
             raise result
         return result
 
+    async def _exec(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Plain commands; on a single Redis through the group commit (the node's one command
+        connection: the periodic work here opens no connection of its own)."""
+        if self.batch is None:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+        results = await self.batch.run(lambda pipe: [pipe.execute_command(*c) for c in commands])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
     def _counter(self, kind: str, key: str) -> str:
         return self.keys.user_online(key) if kind == USER else self.keys.ip_connections(key)
 
     # --- the node's record --------------------------------------------------------------------
     async def register(self, node: str) -> None:
         await self.sweep_node(node)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.node_held(node), "_", 1)
-        pipe.sadd(self.keys.held_nodes, node)
-        await pipe.execute()
+        await self._exec(
+            ("HSET", self.keys.node_held(node), "_", 1), ("SADD", self.keys.held_nodes, node)
+        )
 
     async def registered(self, node: str) -> bool:
-        return bool(await self.client.hexists(self.keys.node_held(node), "_"))
+        [found] = await self._exec(("HEXISTS", self.keys.node_held(node), "_"))
+        return bool(int(found))
 
     # --- counting -----------------------------------------------------------------------------
     async def acquire(
@@ -149,33 +171,31 @@ class RedisOnline:
 
     async def sweep_node(self, node: str) -> int:
         held = self.keys.node_held(node)
-        fields = [_s(f).partition(":") for f in await self.client.hkeys(held)]
+        [names] = await self._exec(("HKEYS", held))
+        fields = [_s(f).partition(":") for f in names]
         entries = [(kind, key) for kind, _, key in fields if kind in (USER, IP) and key]
         for i in range(0, len(entries), SWEEP_CHUNK):  # concurrent calls share round trips
             chunk = entries[i : i + SWEEP_CHUNK]
             await asyncio.gather(*(self.release(node, kind, key, None) for kind, key in chunk))
         swept = len(entries)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.delete(held)
-        pipe.srem(self.keys.held_nodes, node)
-        await pipe.execute()
+        await self._exec(("DEL", held), ("SREM", self.keys.held_nodes, node))
         return swept
 
     async def dead_nodes(self) -> list[str]:
-        names = sorted(_s(n) for n in await self.client.smembers(self.keys.held_nodes))
+        [members] = await self._exec(("SMEMBERS", self.keys.held_nodes))
+        names = sorted(_s(n) for n in members)
         if not names:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self.keys.node_lease(name))
-        alive = await pipe.execute()
-        return [name for name, ok in zip(names, alive, strict=True) if not ok]
+        alive = await self._exec(*(("EXISTS", self.keys.node_lease(name)) for name in names))
+        return [name for name, ok in zip(names, alive, strict=True) if not int(ok)]
 
     # --- online status ------------------------------------------------------------------------
     async def settle_due(self, now_ms: int) -> list[PresenceChange]:
-        due = await self.client.zrangebyscore(
-            self.keys.presence_due, "-inf", now_ms, start=0, num=SETTLE_BATCH, withscores=True
+        due_key = self.keys.presence_due
+        [flat] = await self._exec(
+            ("ZRANGEBYSCORE", due_key, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, SETTLE_BATCH)
         )
+        due = _pairs(flat)
         changes = []
         for raw_user, score in due:
             user_id = _s(raw_user)
@@ -183,7 +203,7 @@ class RedisOnline:
             if not self.cluster:
                 keys += [self.keys.presence_stream, self.keys.presence_due, self.keys.online_users]
             args = [user_id, now_ms, self.stream_maxlen, OFFLINE_TTL_S, int(score)]
-            status, role, ts = await scripts.load(SETTLE).run(self.client, keys, args)
+            status, role, ts = await self._run(SETTLE, keys, args)
             if int(status) == 1:
                 change_id = ""
                 if self.cluster:
@@ -208,10 +228,10 @@ class RedisOnline:
 
     async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
         start = f"({cursor}" if cursor else "-"
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(self.keys.online_users, start, "+", bylex=True, offset=0, num=limit + 1)
-        pipe.zcard(self.keys.online_users)
-        names, total = await pipe.execute()
+        key = self.keys.online_users
+        names, total = await self._exec(
+            ("ZRANGE", key, start, "+", "BYLEX", "LIMIT", 0, limit + 1), ("ZCARD", key)
+        )
         return [_s(n) for n in names], int(total)
 
     async def close(self) -> None:
