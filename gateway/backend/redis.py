@@ -253,6 +253,7 @@ class RedisBackend:
         *,
         event_id: str | None = None,
         idempotency_key: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
         event_id, calls = redis_publish.build_calls(
             self.keys,
@@ -264,6 +265,7 @@ class RedisBackend:
             sharded=self.cluster,
             event_id=event_id,
             idempotency_key=idempotency_key,
+            receipts=receipts,
         )
         return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
 
