@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TRACE_BEFORE = 24  # entries of the client's trace kept before a violation
+TRACE_BEFORE = 48  # entries of the client's trace kept before a violation
 TRACE_AFTER = 8  # and after it
 MAX_SKIPPED = 5000  # offsets remembered from gaps, to tell a late event from a duplicate
 EARLY = "_campaign_early"  # marks a buffered event that came before auth_success
@@ -120,7 +120,7 @@ class RoomLog:
 class Trace:
     """The client's recent history, as lines; ``room=None`` lines concern the connection."""
 
-    def __init__(self, maxlen: int = 400) -> None:
+    def __init__(self, maxlen: int = 1000) -> None:
         self.lines: deque[tuple[str | None, str]] = deque(maxlen=maxlen)
 
     def add(self, room: str | None, line: str) -> None:
