@@ -9,6 +9,9 @@
 //        its room (K = config `expect`), or nothing came for Q s, or T s passed; then print
 //        {"type":"result", ...} and reset the counters
 //   {"cmd":"close"}                              close every socket and exit 0
+// Protocol "socketio" speaks Engine.IO 4 / Socket.IO 5 over a plain WebSocket
+// (`/socket.io/?EIO=4&transport=websocket`): CONNECT with auth {room}, `room_joined` back, events
+// as `42["event",{...}]`, Engine.IO pings ("2") answered with "3".
 // Events carry payload {"seq": n, "t": <sender wall clock, µs>}; a delivery's latency is the
 // receive wall clock minus t. Latencies go into a log histogram (1% buckets) so that the results
 // of several load generator processes can be merged exactly by adding bucket counts.
@@ -19,7 +22,7 @@ import WebSocket from "ws";
 
 const cfg = JSON.parse(process.argv[2] ?? "{}");
 const {
-  protocol, // "reference" | "gateway" | "channels"
+  protocol, // "reference" | "gateway" | "channels" | "socketio"
   urls, // ["ws://127.0.0.1:port/ws", ...]; connection i uses urls[i % urls.length]
   connections = 100,
   concurrency = 50,
@@ -27,10 +30,15 @@ const {
   roomMode = "shared", // "shared": every connection joins `room`; "personal": room cliente_<id>
   room = "service_1",
   expect = 0, // events per room this run will collect, seq 0 .. expect-1
+  // With eventsTotal > 0, events were published round-robin over `totalConnections` rooms from
+  // id `firstId` and stopped after eventsTotal: a room gets `expect` or `expect - 1` of them.
+  eventsTotal = 0,
+  totalConnections = 0,
+  firstId = 0,
   handshakeTimeoutS = 30,
 } = cfg;
 
-if (!["reference", "gateway", "channels"].includes(protocol)) {
+if (!["reference", "gateway", "channels", "socketio"].includes(protocol)) {
   fail(`unknown protocol ${JSON.stringify(protocol)}`);
 }
 if (!Array.isArray(urls) || urls.length === 0) fail("urls must be a non-empty list");
@@ -64,12 +72,19 @@ class Conn {
     this.url = urls[index % urls.length];
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
+    this.expect = expectOf(this.id);
     this.seen = new Uint8Array(Math.max(expect, 1)); // deliveries of each seq, saturating at 255
     this.received = 0;
     this.ws = null;
     this.closed = false;
     this.closeCode = null;
   }
+}
+
+function expectOf(id) {
+  if (!eventsTotal) return expect;
+  const index = id - firstId;
+  return Math.floor(eventsTotal / totalConnections) + (index < eventsTotal % totalConnections ? 1 : 0);
 }
 
 const conns = Array.from({ length: connections }, (_, i) => new Conn(i));
@@ -89,7 +104,7 @@ function newStats() {
 // The hot path reads seq, t and room straight from the bytes (JSON.parse costs more than the
 // servers' own work per message); every CHECK_EVERY-th event is parsed in full and compared, and a
 // frame the fast path cannot read falls back to JSON.parse.
-const EVENT_MARK = Buffer.from('"event":"event"');
+const EVENT_MARK = Buffer.from(protocol === "socketio" ? '42["event",' : '"event":"event"');
 const SEQ_MARK = Buffer.from('"seq":');
 const T_MARK = Buffer.from('"t":');
 const CHECK_EVERY = 64;
@@ -114,10 +129,18 @@ function fastRead(conn, buf) {
   return { seq: readInt(buf, seqAt + SEQ_MARK.length), t: readInt(buf, tAt + T_MARK.length) };
 }
 
+// A Socket.IO EVENT packet `42[name, data]` as the {event, data} frame of the other protocols;
+// anything else (an ack, an Engine.IO packet) as a frame that is not a delivery.
+function socketioFrame(text) {
+  if (!text.startsWith("42")) return { event: null };
+  const [event, data] = JSON.parse(text.slice(2));
+  return { event, data };
+}
+
 function slowRead(conn, buf) {
   let frame;
   try {
-    frame = JSON.parse(buf);
+    frame = protocol === "socketio" ? socketioFrame(buf.toString()) : JSON.parse(buf);
   } catch {
     return undefined;
   }
@@ -138,7 +161,7 @@ function record(conn, data) {
   }
   if (got === null) return;
   const seq = got?.seq;
-  if (got === undefined || !Number.isInteger(seq) || seq < 0 || seq >= expect) {
+  if (got === undefined || !Number.isInteger(seq) || seq < 0 || seq >= conn.expect) {
     stats.unexpected += 1;
     return;
   }
@@ -150,7 +173,7 @@ function record(conn, data) {
   stats.firstRecvUs ??= now;
   stats.lastRecvUs = now;
   stats.hist[Math.min(HIST_SIZE - 1, bucketOf(now - got.t))] += 1;
-  if (collecting && conn.received === expect) {
+  if (collecting && conn.received === conn.expect) {
     complete += 1;
     if (complete === connections) finishCollect();
   }
@@ -159,6 +182,7 @@ function record(conn, data) {
 // --- the protocols: URL to open, and what makes a connection ready ---------------------------
 function openUrl(conn) {
   if (protocol === "gateway") return `${conn.url}?token=cliente-${conn.id}`;
+  if (protocol === "socketio") return conn.url; // the room goes in the CONNECT packet
   return `${conn.url}?room=${encodeURIComponent(conn.room)}`;
 }
 
@@ -186,10 +210,19 @@ function handshake(conn) {
         reject(err);
         return;
       }
-      ws.on("message", (data) => record(conn, data));
+      if (protocol === "socketio") {
+        ws.on("message", (data) => {
+          if (data.length === 1 && data[0] === 50) ws.send("3"); // Engine.IO ping -> pong
+          else record(conn, data);
+        });
+      } else ws.on("message", (data) => record(conn, data));
       resolve();
     };
     const onHandshake = (data) => {
+      if (protocol === "socketio") {
+        socketioHandshake(conn, ws, String(data), done);
+        return;
+      }
       let frame;
       try {
         frame = JSON.parse(data);
@@ -221,6 +254,26 @@ function handshake(conn) {
       done(new Error(`closed with ${code} during handshake`));
     });
   });
+}
+
+// Engine.IO OPEN ("0{...}") -> CONNECT with the room; CONNECT ack ("40{...}"), then room_joined.
+function socketioHandshake(conn, ws, text, done) {
+  if (text.startsWith("0{")) {
+    ws.send(`40${JSON.stringify({ room: conn.room })}`);
+  } else if (text.startsWith("40")) {
+    // connected to the namespace; room_joined follows
+  } else if (text === "2") {
+    ws.send("3");
+  } else {
+    let frame;
+    try {
+      frame = socketioFrame(text);
+    } catch {
+      frame = { event: null };
+    }
+    if (frame.event === "room_joined" && frame.data?.room === conn.room) done();
+    else done(new Error(`unexpected frame during handshake: ${text.slice(0, 300)}`));
+  }
 }
 
 // --- connect phase ---------------------------------------------------------------------------
@@ -277,7 +330,7 @@ function finishCollect() {
 async function collect(cmd) {
   const cpu0 = process.cpuUsage();
   const wall0 = nowUs();
-  complete = conns.filter((c) => c.received >= expect).length;
+  complete = conns.filter((c) => c.received >= c.expect).length;
   collecting = true;
   // Done when every connection has all its events, when nothing arrived for quiet_s seconds
   // (counted from the later of this command and the last delivery; what is missing by then is
@@ -299,7 +352,7 @@ async function collect(cmd) {
   let lost = 0;
   let dup = 0;
   for (const conn of conns) {
-    for (let s = 0; s < expect; s++) {
+    for (let s = 0; s < conn.expect; s++) {
       const n = conn.seen[s];
       if (n === 0) lost += 1;
       else if (n > 1) dup += n - 1;

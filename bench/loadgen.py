@@ -97,6 +97,7 @@ class Loadgen:
         room_mode: str = "shared",
         room: str = "service_1",
         expect: int = 0,
+        events_total: int = 0,
     ) -> None:
         self.children: list[_Child] = []
         self.configs: list[dict[str, Any]] = []
@@ -116,6 +117,9 @@ class Loadgen:
                     "roomMode": room_mode,
                     "room": room,
                     "expect": expect,
+                    "eventsTotal": events_total,
+                    "totalConnections": connections,
+                    "firstId": id_base,
                 }
             )
             offset += count
@@ -189,6 +193,11 @@ class Loadgen:
         self.close()
 
 
+def _relative(word: str) -> str:
+    root = str(BENCH_DIR.parent) + "/"
+    return word[len(root) :] if word.startswith(root) else word
+
+
 def _ms(us: float | None) -> float | None:
     return None if us is None else us / 1000
 
@@ -200,10 +209,12 @@ def publish(
     env: Mapping[str, str],
     on_ready: Callable[[], None] = lambda: None,
     timeout_s: float = 300.0,
+    program: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run ``publisher.py``: once it is connected call ``on_ready`` (start the meters), let it
-    publish, and return its JSON line."""
-    argv = [python, str(BENCH_DIR / "publisher.py"), json.dumps(config)]
+    """Run ``publisher.py`` (or ``program``, e.g. the Socket.IO emitter): once it is connected
+    call ``on_ready`` (start the meters), let it publish, and return its JSON line."""
+    program = list(program) or [python, str(BENCH_DIR / "publisher.py")]
+    argv = [*program, json.dumps(config)]
     err_log = log_dir / "publisher.stderr.log"
     with err_log.open("ab") as err:
         proc = subprocess.Popen(
@@ -235,5 +246,8 @@ def publish(
         tail = err_log.read_text(errors="replace")[-2000:]
         raise LoadgenError(f"publisher exited {proc.returncode}: {tail}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["command"] = f"{Path(python).name} bench/publisher.py '{json.dumps(config)}'"
+    shown = " ".join(
+        Path(word).name if k == 0 else _relative(word) for k, word in enumerate(program)
+    )
+    result["command"] = f"{shown} '{json.dumps(config)}'"
     return result
