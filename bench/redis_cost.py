@@ -246,16 +246,20 @@ def markdown(out: dict[str, Any]) -> str:
         r = out[step]
         top = ", ".join(f"{k} {v:g}" for k, v in list(r["by_command_per_op"].items())[:8])
         shares = ", ".join(f"{v:g}" for v in r["shard_share_pct"].values())
-        lines.append(
-            f"| {step} | {r['commands_per_op']:.2f} | {r['redis_cpu_us_per_op']:.1f} | {top} | {shares} |"
+        cells = (
+            step,
+            f"{r['commands_per_op']:.2f}",
+            f"{r['redis_cpu_us_per_op']:.1f}",
+            top,
+            shares,
         )
+        lines.append("| " + " | ".join(cells) + " |")
     mem = out["memory"]
     lines += ["", f"Redis memory per idle connection: {mem['bytes_per_connection']:.0f} B", ""]
     lines += ["| key pattern | keys | bytes | bytes / connection |", "|---|---|---|---|"]
     for pattern, g in sorted(mem["by_pattern"].items(), key=lambda kv: -kv[1]["bytes"]):
-        lines.append(
-            f"| `{pattern}` | {g['keys']} | {g['bytes']:,} | {g['bytes'] / out['connections']:.0f} |"
-        )
+        each = g["bytes"] / out["connections"]
+        lines.append(f"| `{pattern}` | {g['keys']} | {g['bytes']:,} | {each:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -68,6 +68,16 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
         raise PublishError(f"payload is not JSON-serializable: {exc}") from None
 
 
+def _group_commit(client: Any) -> Any:
+    """The nodes' group commit when hiredis is installed (the ``server`` extra), else ``None``:
+    one redis-py pipeline per call, as before."""
+    try:
+        from gateway.backend.batch import make_batcher
+    except ImportError:
+        return None
+    return make_batcher(client)
+
+
 P = TypeVar("P", bound="_Base")
 
 
@@ -178,6 +188,7 @@ class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
     _clients = (aioredis.Redis, aioredis.RedisCluster)
+    _batcher: Any = None  # group commit of concurrent publishes, made on first use
 
     async def publish(
         self,
@@ -200,8 +211,13 @@ class AsyncPublisher(_Base):
         *,
         event_id: str | None = None,
     ) -> PublishResult:
+        """Concurrent calls (tasks publishing at once) share one round trip to Redis."""
         event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        if self._batcher is None and not self.cluster:
+            self._batcher = _group_commit(self.client)
+        return await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster, self._batcher
+        )
 
     async def disconnect(self, user_id: str | int) -> int:
         count = int(await self.client.scard(self.keys.user_connections(str(user_id))))
@@ -210,4 +226,6 @@ class AsyncPublisher(_Base):
         return count
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self.client.aclose()

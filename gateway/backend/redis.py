@@ -253,7 +253,9 @@ class RedisBackend:
             event_id=event_id,
             idempotency_key=idempotency_key,
         )
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        return await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster, self.state.batch
+        )
 
     def _history_call(
         self, room: str, since: Position | None
