@@ -36,6 +36,7 @@ const {
   totalConnections = 0,
   firstId = 0,
   handshakeTimeoutS = 30,
+  localAddresses = [], // source addresses (127.0.0.x), connection i uses [i % n]: more ports
 } = cfg;
 
 if (!["reference", "gateway", "channels", "socketio"].includes(protocol)) {
@@ -71,7 +72,9 @@ class Conn {
     this.id = idBase + index;
     this.url = urls[index % urls.length];
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
+    this.ownRoom = this.room;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
+    this.localAddress = localAddresses.length ? localAddresses[index % localAddresses.length] : null;
     this.expect = expectOf(this.id);
     this.seen = new Uint8Array(Math.max(expect, 1)); // deliveries of each seq, saturating at 255
     this.received = 0;
@@ -190,6 +193,7 @@ function openUrl(conn) {
 function handshake(conn) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(openUrl(conn), {
+      ...(conn.localAddress ? { localAddress: conn.localAddress } : {}),
       perMessageDeflate: false,
       skipUTF8Validation: true, // the sampled JSON.parse checks the frames
     });
@@ -383,6 +387,20 @@ async function collect(cmd) {
   emit(result);
 }
 
+// {"cmd":"expect","room":R,"expect":K}: the next collect counts events of room R (null: each
+// connection's own room) with seq 0..K-1 (e.g. a fan-out to all_clientes after personal rooms).
+function expectRoom(cmd) {
+  for (const conn of conns) {
+    conn.room = cmd.room ?? conn.ownRoom;
+    conn.roomMark = Buffer.from(`"room":${JSON.stringify(conn.room)}`);
+    conn.expect = cmd.expect;
+    conn.seen = new Uint8Array(Math.max(cmd.expect, 1));
+    conn.received = 0;
+    conn.lastSeq = -1;
+  }
+  emit({ type: "expecting", room: cmd.room ?? null, expect: cmd.expect });
+}
+
 async function closeAll() {
   shuttingDown = true;
   await Promise.all(
@@ -412,6 +430,7 @@ for await (const line of commands) {
   if (!line.trim()) continue;
   const cmd = JSON.parse(line);
   if (cmd.cmd === "collect") await collect(cmd);
+  else if (cmd.cmd === "expect") expectRoom(cmd);
   else if (cmd.cmd === "close") break;
   else emit({ type: "error", message: `unknown command ${line}` });
 }

@@ -98,6 +98,7 @@ class Loadgen:
         room: str = "service_1",
         expect: int = 0,
         events_total: int = 0,
+        local_addresses: Sequence[str] = (),
     ) -> None:
         self.children: list[_Child] = []
         self.configs: list[dict[str, Any]] = []
@@ -120,6 +121,7 @@ class Loadgen:
                     "eventsTotal": events_total,
                     "totalConnections": connections,
                     "firstId": id_base,
+                    "localAddresses": list(local_addresses),
                 }
             )
             offset += count
@@ -181,6 +183,13 @@ class Loadgen:
             "p50_ms": _ms(percentile_us(hist, 0.50)),
             "p99_ms": _ms(percentile_us(hist, 0.99)),
         }
+
+    def expect(self, room: str | None, expect: int) -> None:
+        """The next ``collect`` counts events of ``room`` (None: each connection's own room)."""
+        for child in self.children:
+            child.send({"cmd": "expect", "room": room, "expect": expect})
+        for child in self.children:
+            child.next("expecting", 30)
 
     def close(self) -> None:
         for child in self.children:
