@@ -37,6 +37,11 @@ const {
   firstId = 0,
   handshakeTimeoutS = 30,
   localAddresses = [], // source addresses (127.0.0.x), connection i uses [i % n]: more ports
+  // recover (gateway): a connection the server closes reconnects to the next URL (after
+  // 0..reconnectJitterMs ms, doubling per failed try) and joins its room again with `since`
+  // (the last offset/epoch it processed); `missed` counts as delivered. {"cmd":"storm"} reports.
+  recover = false,
+  reconnectJitterMs = 1000,
 } = cfg;
 
 if (!["reference", "gateway", "channels", "socketio"].includes(protocol)) {
@@ -70,7 +75,9 @@ function emit(obj) {
 class Conn {
   constructor(index) {
     this.id = idBase + index;
-    this.url = urls[index % urls.length];
+    this.urlIndex = index % urls.length;
+    this.url = urls[this.urlIndex];
+    this.pos = null; // {offset, epoch} of the last event processed (recover mode)
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
     this.ownRoom = this.room;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
@@ -153,7 +160,48 @@ function slowRead(conn, buf) {
   return { seq: event?.payload?.seq, t: event?.payload?.t };
 }
 
+// Recover mode reads every event in full: its offset and epoch are the position to join with.
+function recordFull(conn, data) {
+  let frame;
+  try {
+    frame = JSON.parse(data);
+  } catch {
+    stats.unexpected += 1;
+    return;
+  }
+  if (frame.event === "rejoin" && frame.data?.room === conn.room) {
+    conn.ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room, since: conn.pos }, id: 3 }));
+    storm.rejoins += 1;
+    return;
+  }
+  if (frame.event === "room_joined" && frame.data?.room === conn.room) {
+    for (const event of frame.data.missed ?? []) recordEvent(conn, event);
+    return;
+  }
+  if (frame.event !== "event") return;
+  recordEvent(conn, frame.data);
+}
+
+function recordEvent(conn, event) {
+  if (event?.room !== conn.room) {
+    stats.unexpected += 1;
+    return;
+  }
+  // As the shipped clients do: an offset at or below the last one processed in the same epoch
+  // was had already (a live event of the automatic room before the join with `since` answered).
+  if (conn.pos && conn.pos.epoch === event.epoch && event.offset <= conn.pos.offset) {
+    storm.seenAgain += 1;
+    return;
+  }
+  conn.pos = { offset: event.offset, epoch: event.epoch };
+  account(conn, { seq: event.payload?.seq, t: event.payload?.t }, nowUs());
+}
+
 function record(conn, data) {
+  if (recover) {
+    recordFull(conn, data);
+    return;
+  }
   const now = nowUs();
   let got = fastRead(conn, data);
   if (got === null || ++sinceCheck >= CHECK_EVERY) {
@@ -163,6 +211,10 @@ function record(conn, data) {
     else got = full;
   }
   if (got === null) return;
+  account(conn, got, now);
+}
+
+function account(conn, got, now) {
   const seq = got?.seq;
   if (got === undefined || !Number.isInteger(seq) || seq < 0 || seq >= conn.expect) {
     stats.unexpected += 1;
@@ -189,8 +241,60 @@ function openUrl(conn) {
   return `${conn.url}?room=${encodeURIComponent(conn.room)}`;
 }
 
+// --- recovery after the server closed a connection (recover mode) ---------------------------
+const storm = {
+  closes: 0,
+  recovered: 0,
+  notRecovered: 0, // room_joined with recovered: false
+  retries: 0,
+  rejoins: 0,
+  seenAgain: 0, // events dropped by offset (had already)
+  closeCodes: {},
+  firstCloseUs: null,
+  lastRecoveredUs: null,
+  hist: new Map(), // close -> back in the room with what it missed, µs
+  errors: [],
+};
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function reconnect(conn, code) {
+  const t0 = nowUs();
+  storm.closes += 1;
+  storm.closeCodes[code] = (storm.closeCodes[code] ?? 0) + 1;
+  storm.firstCloseUs ??= t0;
+  for (let attempt = 0; !shuttingDown; attempt++) {
+    await sleep(Math.random() * reconnectJitterMs * 2 ** Math.min(attempt, 4));
+    conn.urlIndex = (conn.urlIndex + 1) % urls.length;
+    conn.url = urls[conn.urlIndex];
+    try {
+      await handshake(conn, true);
+      break;
+    } catch (err) {
+      storm.retries += 1;
+      if (storm.errors.length < 5) storm.errors.push(String(err?.message ?? err));
+    }
+  }
+  if (shuttingDown) return;
+  conn.closed = false;
+  const now = nowUs();
+  storm.recovered += 1;
+  storm.lastRecoveredUs = now;
+  const b = bucketOf(now - t0);
+  storm.hist.set(b, (storm.hist.get(b) ?? 0) + 1);
+}
+
+function stormReport() {
+  emit({
+    type: "storm",
+    ...storm,
+    hist: Object.fromEntries(storm.hist),
+  });
+}
+
 // Resolves when the connection is in its room; the first frame decides for the gateway.
-function handshake(conn) {
+// `rejoin`: after a reconnect, join the room again with `since` and take `missed` as delivered.
+function handshake(conn, rejoin = false) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(openUrl(conn), {
       ...(conn.localAddress ? { localAddress: conn.localAddress } : {}),
@@ -204,9 +308,11 @@ function handshake(conn) {
       handshakeTimeoutS * 1000,
     );
     let settled = false;
+    let established = false; // in its room: a close from now on is one to recover from
     const done = (err) => {
       if (settled) return;
       settled = true;
+      established = !err;
       clearTimeout(timer);
       ws.off("message", onHandshake);
       if (err) {
@@ -227,6 +333,10 @@ function handshake(conn) {
         socketioHandshake(conn, ws, String(data), done);
         return;
       }
+      if (rejoin && recover && String(data).startsWith('{"event":"event"')) {
+        recordFull(conn, data); // live, from the automatic join, before room_joined
+        return;
+      }
       let frame;
       try {
         frame = JSON.parse(data);
@@ -234,7 +344,10 @@ function handshake(conn) {
         done(new Error(`non-JSON frame during handshake: ${String(data).slice(0, 200)}`));
         return;
       }
-      if (protocol === "gateway" && frame.event === "auth_success") {
+      if (protocol === "gateway" && frame.event === "auth_success" && rejoin) {
+        const since = conn.pos ?? { offset: 0, epoch: "0" };
+        ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room, since }, id: 2 }));
+      } else if (protocol === "gateway" && frame.event === "auth_success") {
         if (roomMode === "personal") {
           const rooms = frame.data?.rooms ?? [];
           if (!rooms.includes(conn.room)) {
@@ -244,6 +357,10 @@ function handshake(conn) {
           ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room }, id: 1 }));
         }
       } else if (frame.event === "room_joined" && frame.data?.room === conn.room) {
+        if (rejoin) {
+          if (frame.data.recovered === false) storm.notRecovered += 1;
+          for (const event of frame.data.missed ?? []) recordEvent(conn, event);
+        }
         done();
       } else {
         done(new Error(`unexpected frame during handshake: ${String(data).slice(0, 300)}`));
@@ -254,7 +371,8 @@ function handshake(conn) {
     ws.on("close", (code) => {
       conn.closed = true;
       conn.closeCode = code;
-      if (!shuttingDown) closedEarly.push(code);
+      if (!shuttingDown && !recover) closedEarly.push(code);
+      if (established && recover && !shuttingDown) reconnect(conn, code);
       done(new Error(`closed with ${code} during handshake`));
     });
   });
@@ -431,6 +549,7 @@ for await (const line of commands) {
   const cmd = JSON.parse(line);
   if (cmd.cmd === "collect") await collect(cmd);
   else if (cmd.cmd === "expect") expectRoom(cmd);
+  else if (cmd.cmd === "storm") stormReport();
   else if (cmd.cmd === "close") break;
   else emit({ type: "error", message: `unknown command ${line}` });
 }

@@ -99,6 +99,7 @@ class Loadgen:
         expect: int = 0,
         events_total: int = 0,
         local_addresses: Sequence[str] = (),
+        recover: bool = False,
     ) -> None:
         self.children: list[_Child] = []
         self.configs: list[dict[str, Any]] = []
@@ -122,6 +123,7 @@ class Loadgen:
                     "totalConnections": connections,
                     "firstId": id_base,
                     "localAddresses": list(local_addresses),
+                    "recover": recover,
                 }
             )
             offset += count
@@ -182,6 +184,35 @@ class Loadgen:
             "last_recv_us": max(lasts) if lasts else None,
             "p50_ms": _ms(percentile_us(hist, 0.50)),
             "p99_ms": _ms(percentile_us(hist, 0.99)),
+        }
+
+    def storm(self) -> dict[str, Any]:
+        """Recover mode: closes seen, reconnections done, their time (close -> back in the room
+        with what it missed), merged over the processes."""
+        for child in self.children:
+            child.send({"cmd": "storm"})
+        reports = [child.next("storm", 30) for child in self.children]
+        hist = merge_hists(r["hist"] for r in reports)
+        firsts = [r["firstCloseUs"] for r in reports if r["firstCloseUs"] is not None]
+        lasts = [r["lastRecoveredUs"] for r in reports if r["lastRecoveredUs"] is not None]
+        codes: dict[str, int] = {}
+        for r in reports:
+            for code, count in r["closeCodes"].items():
+                codes[code] = codes.get(code, 0) + count
+        return {
+            "closes": sum(r["closes"] for r in reports),
+            "recovered": sum(r["recovered"] for r in reports),
+            "not_recovered": sum(r["notRecovered"] for r in reports),
+            "retries": sum(r["retries"] for r in reports),
+            "rejoins": sum(r["rejoins"] for r in reports),
+            "seen_again": sum(r["seenAgain"] for r in reports),
+            "close_codes": codes,
+            "first_close_us": min(firsts) if firsts else None,
+            "last_recovered_us": max(lasts) if lasts else None,
+            "p50_ms": _ms(percentile_us(hist, 0.50)),
+            "p99_ms": _ms(percentile_us(hist, 0.99)),
+            "max_ms": _ms(percentile_us(hist, 1.0)),
+            "errors": [e for r in reports for e in r["errors"]][:5],
         }
 
     def expect(self, room: str | None, expect: int) -> None:

@@ -166,9 +166,18 @@ async def run_concurrent(
         queue.put_nowait(item)
     result: dict[str, Any] = {"published": 0, "errors": 0, "first_error": None}
 
+    per_s: float = cfg.get("events_per_s", 0)  # paced when given (a storm's steady load)
+    loop = asyncio.get_running_loop()
+    sent = [0]
+
     async def worker() -> None:
         while not queue.empty():
             seq, room = queue.get_nowait()
+            if per_s:
+                sent[0] += 1
+                delay = t0 + sent[0] / per_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             try:
                 await publish(room, seq)
                 result["published"] += 1
@@ -177,7 +186,7 @@ async def run_concurrent(
                 result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
 
     await asyncio.to_thread(go)
-    start = now_us()
+    start, t0 = now_us(), loop.time()
     await asyncio.gather(*(worker() for _ in range(cfg.get("concurrency", 32))))
     return {**result, "start_us": start, "end_us": now_us()}
 
