@@ -40,8 +40,8 @@ for i = 8, #ARGV do
     if n <= 0 then
       redis.call("HDEL", KEYS[3], room)
       redis.call("ZREM", KEYS[4], room)
-    else
-      redis.call("ZADD", KEYS[4], 0, room)
+    elseif n == delta then
+      redis.call("ZADD", KEYS[4], 0, room)  -- the room's first member: into the index
     end
   end
 end
