@@ -26,7 +26,7 @@ from gateway.backend.base import (
     Publication,
     Recovery,
 )
-from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
+from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode, close_code_label
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
 from gateway.events import dumps_payload, new_event_id, now_ms
@@ -97,6 +97,7 @@ class Node:
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
+        self.handshakes = 0  # TCP connections whose request head is not complete (gateway.wsconn)
         self.by_user: dict[str, list[Session]] = defaultdict(list)
         self.by_ip: Counter[str] = Counter()
         self.draining = False
@@ -186,8 +187,8 @@ class Node:
         """Why a new connection from ``ip`` must be refused, or None."""
         if self.draining:
             return "draining"
-        if len(self.sessions) >= self.settings.max_connections:
-            return "node_full"
+        if len(self.sessions) + self.handshakes >= self.settings.max_connections:
+            return "node_full"  # unfinished handshakes count (CONTRACT section 2)
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
         return None
@@ -250,7 +251,7 @@ class Node:
         self.by_role[role] -= 1
         self._connected_at_sum -= session.connected_at - self.started_at
         self.metrics.connections.labels(role, session.transport.kind).dec()
-        self.metrics.disconnects.labels(str(code or 1006)).inc()
+        self.metrics.disconnects.labels(close_code_label(code or 1006)).inc()
         rooms = list(session.rooms)
         for room in rooms:
             if self.hub.remove(session, room):

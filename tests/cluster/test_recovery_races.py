@@ -74,7 +74,8 @@ class Follower:
         async with asyncio.timeout(timeout):
             while self.position["offset"] < offset:
                 frame = await self.client.wait_for(
-                    lambda f: f.get("event") in ("event", "rejoin"), timeout
+                    lambda f: f.get("event") in ("event", "rejoin") and f["data"]["room"] == ROOM,
+                    timeout,
                 )
                 if frame["event"] == "event":
                     self._take(frame["data"])
@@ -91,7 +92,11 @@ class Follower:
         early: list[dict[str, Any]] = []
         while True:
             frame = await self.client.wait_for(
-                lambda f: f.get("id") == frame_id or f.get("event") == "event", 20
+                lambda f: (
+                    f.get("id") == frame_id
+                    or (f.get("event") == "event" and f["data"]["room"] == ROOM)
+                ),
+                20,
             )
             if frame.get("id") == frame_id:
                 break
@@ -106,7 +111,9 @@ class Follower:
     async def quiet(self, seconds: float = 0.5) -> None:
         """Nothing more arrives (a duplicate would)."""
         await asyncio.sleep(seconds)
-        extra = [f for f in self.client.inbox if f.get("event") == "event"]
+        extra = [
+            f for f in self.client.inbox if f.get("event") == "event" and f["data"]["room"] == ROOM
+        ]
         assert extra == [], extra
 
 
@@ -223,8 +230,21 @@ async def test_a_stalled_redis_gives_each_event_one_offset(
         asyncio.to_thread(redis.client(socket_timeout=30).execute_command, "DEBUG", "SLEEP", "6")
     )
     await asyncio.sleep(0.2)
+    business = asyncio.create_task(
+        client.request(
+            "reservation_created",
+            {"clienteId": "1", "proveedorId": "7", "servicioId": "41", "fecha": "2031-05-04"},
+            timeout=40,
+        )
+    )
     stalled = await asyncio.gather(*(api_publish(n) for n in (1, 2, 3)))
     await sleeper
+    reply = await business
+    assert reply["event"] == "ack", reply  # confirmed by Django, published once (below)
+    business_id = reply["data"]["eventId"]
+    for room in ("cliente_1", "proveedor_7", "admin_dashboard"):
+        hist = redis.client().xrange(f"gateway:room:{{{room}}}:hist")
+        assert [orjson_id(f[b"d"]) for _, f in hist] == [business_id], room
     for n, (status, _) in zip((1, 2, 3), stalled, strict=True):
         if status != 200:  # the caller retries with the same event id
             assert (await api_publish(n))[0] == 200
