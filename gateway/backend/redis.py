@@ -286,7 +286,15 @@ class RedisBackend:
 
     async def history_since(self, room: str, since: Position | None) -> Recovery:
         script, keys, args = self._history_call(room, since)
-        return self._recovery(room, await script.run(self.client, keys, args))
+        if self.cluster:
+            return self._recovery(room, await script.run(self.client, keys, args))
+        # Through the group commit, not a pooled connection each: a reconnect storm rejoins
+        # thousands of rooms at once, and redis-py's pool refuses callers past its size
+        # ("Too many connections", found by bench/storm.py).
+        [result] = await self.state.batch.run(
+            lambda buffer: buffer.evalsha(script.sha, len(keys), *keys, *args)
+        )
+        return self._recovery(room, result)
 
     async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
         found: dict[str, Position] = {}
