@@ -191,7 +191,7 @@ class Loadgen:
         with what it missed), merged over the processes."""
         for child in self.children:
             child.send({"cmd": "storm"})
-        reports = [child.next("storm", 30) for child in self.children]
+        reports = [child.next("storm", 180) for child in self.children]
         hist = merge_hists(r["hist"] for r in reports)
         firsts = [r["firstCloseUs"] for r in reports if r["firstCloseUs"] is not None]
         lasts = [r["lastRecoveredUs"] for r in reports if r["lastRecoveredUs"] is not None]

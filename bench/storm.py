@@ -139,24 +139,32 @@ def _storm(
     )
     thread.start()
     ready.wait(60)
-    time.sleep(STORM_AT_S)
+    time.sleep(STORM_AT_S - 3)
+    steady_from = redis_calls(admin)  # the publisher's steady load, to subtract
+    time.sleep(3)
     django_before = django.calls()["profile_calls"]
     redis_before = redis_calls(admin)
+    steady = {k: v / 3 for k, v in (redis_before - steady_from).items()}
     signalled = time.time()
     os.kill(victim.pid, signal.SIGKILL if sig == "kill" else signal.SIGTERM)
-    victims = None
     deadline = time.monotonic() + 600
     storm: dict[str, Any] = {}
+    previous = -1
     while time.monotonic() < deadline:
         time.sleep(1.0)
         storm = lg.storm()
-        if victims is None and (sig == "kill" or not victim.alive):
-            victims = storm["closes"]  # every client of the victim has seen its close by now
-        if victims and storm["recovered"] >= victims and storm["closes"] == victims:
+        gone = sig == "kill" or not victim.alive  # a drain closes over GATEWAY_DRAIN_SECONDS
+        settled = storm["closes"] == previous  # every close the load generators will see is in
+        previous = storm["closes"]
+        if gone and settled and storm["closes"] and storm["recovered"] >= storm["closes"]:
             break
     recovered_at = (storm["last_recovered_us"] or 0) / 1e6
     django_calls = django.calls()["profile_calls"] - django_before
     redis_delta = redis_calls(admin) - redis_before
+    span = time.time() - signalled
+    for command, rate in steady.items():
+        redis_delta[command] = max(0, round(redis_delta[command] - rate * span))
+    redis_delta = +redis_delta
     thread.join(900)
     got = lg.collect(timeout_s=300, quiet_s=10)
     return {
@@ -172,7 +180,7 @@ def _storm(
         "reconnect_max_ms": storm["max_ms"],
         "django_requests": django_calls,
         "django_requests_per_reconnect": django_calls / max(1, storm["closes"]),
-        "redis_commands": sum(redis_delta.values()),
+        "redis_commands": sum(redis_delta.values()),  # minus the publisher's steady rate
         "redis_commands_per_reconnect": sum(redis_delta.values()) / max(1, storm["closes"]),
         "redis_top": dict(redis_delta.most_common(8)),
         "published": result.get("published"),
