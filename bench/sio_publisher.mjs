@@ -3,8 +3,8 @@
 //
 //   node bench/sio_publisher.mjs '<json config>'
 //
-// config: redis_url, rooms | personal {first, count}, rounds, rate (rounds/s, 0 = as fast as
-// possible), concurrency (emits whose PUBLISH is not yet answered by Redis; default 1, i.e.
+// config: redis_url, rooms | personal {first, count}, rounds, events (stop after that many),
+// rate (rounds/s, 0 = as fast as possible), concurrency (emits whose PUBLISH is not yet answered by Redis; default 1, i.e.
 // sequential like publisher.py's sync methods). Each event is
 // io.to(room).emit("event", {room, type: "bench", payload: {seq, t, pad}}).
 // Prints "ready" once connected, waits for a line on stdin, publishes, prints one JSON line
@@ -46,6 +46,7 @@ for await (const _ of lines) break; // the go-ahead
 const cpu0 = process.cpuUsage();
 
 const rooms = roomsOf();
+let left = cfg.events || rooms.length * cfg.rounds; // `events`: stop after that many
 const rate = cfg.rate ?? 0;
 const limit = Math.max(1, cfg.concurrency ?? 1);
 const pending = new Set();
@@ -60,6 +61,7 @@ for (let seq = 0; seq < cfg.rounds; seq++) {
     if (delay > 0) await new Promise((r) => setTimeout(r, delay));
   }
   for (const room of rooms) {
+    if (left-- <= 0) break;
     emitter.to(room).emit("event", { room, type: "bench", payload: { seq, t: nowUs(), pad: PAD } });
     const p = lastPublish.then(
       () => {
