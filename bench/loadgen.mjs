@@ -303,8 +303,9 @@ function handshake(conn, rejoin = false) {
     });
     conn.ws = ws;
     conn.lastSeq = -1;
+    // A timed-out handshake is abandoned (its socket terminated), never left to finish later.
     const timer = setTimeout(
-      () => reject(new Error(`handshake timed out after ${handshakeTimeoutS} s`)),
+      () => done(new Error(`handshake timed out after ${handshakeTimeoutS} s`)),
       handshakeTimeoutS * 1000,
     );
     let settled = false;
