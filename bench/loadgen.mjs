@@ -310,6 +310,7 @@ function handshake(conn, rejoin = false) {
     );
     let settled = false;
     let established = false; // in its room: a close from now on is one to recover from
+    const held = []; // rejoin: live events that came before room_joined
     const done = (err) => {
       if (settled) return;
       settled = true;
@@ -335,7 +336,7 @@ function handshake(conn, rejoin = false) {
         return;
       }
       if (rejoin && recover && String(data).startsWith('{"event":"event"')) {
-        recordFull(conn, data); // live, from the automatic join, before room_joined
+        held.push(data); // live, from the automatic join: after `missed`, as the clients do
         return;
       }
       let frame;
@@ -361,6 +362,7 @@ function handshake(conn, rejoin = false) {
         if (rejoin) {
           if (frame.data.recovered === false) storm.notRecovered += 1;
           for (const event of frame.data.missed ?? []) recordEvent(conn, event);
+          for (const live of held) recordFull(conn, live); // what `missed` had is dropped
         }
         done();
       } else {
