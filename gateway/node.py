@@ -31,6 +31,7 @@ from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
 from gateway.events import dumps_payload, new_event_id, now_ms
 from gateway.hub import Hub, Order, Outbox
+from gateway.listen import redis_location
 from gateway.metrics import Metrics
 from gateway.protocol import (
     BUSINESS_EVENTS,
@@ -60,15 +61,18 @@ log = logging.getLogger("gateway.node")
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 try:  # redis is a dependency, but keep the node importable without it for the memory backend
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError)
+    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError, RedisClusterException)
 except ImportError:  # pragma: no cover
     pass
 
 
 # how long a node keeps trying to read rooms' positions after a lost subscription
 VERIFY_POSITIONS_S = 60.0
+# how long live events are held for a member told to rejoin, before it gets them live anyway
+REJOIN_HOLD_S = 15.0
+REJOIN_SWEEP_S = 1.0
 
 
 def new_connection_id() -> str:
@@ -114,17 +118,30 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._moving: set[str] = set()  # rooms whose new epoch is being written
         self._background: set[asyncio.Task[None]] = set()
+        self._awaiting_rejoin: dict[tuple[Session, str], None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.django.start()
         await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
-        await self._heartbeat_once()
-        self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        try:
+            await self._heartbeat_once()
+            self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        except BACKEND_ERRORS as exc:  # not fatal: /readyz says 503, the heartbeat loop retries
+            self.backend_ok = False
+            self.metrics.ready.set(0)
+            where = redis_location(self.settings.redis_url or "")
+            log.warning(
+                "Redis at %s (GATEWAY_REDIS_URL) is unreachable at startup: not ready, "
+                "retrying (%s)",
+                where,
+                exc,
+            )
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
+            asyncio.create_task(self._rejoin_deadline_loop(), name="rejoin deadlines"),
         ]
         if self.backend.name == "memory":
             # embedded mode has no worker: the node sweeps its own stale state
@@ -451,7 +468,8 @@ class Node:
         if not member and len(session.rooms) >= self.settings.max_rooms_per_connection:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "too many rooms on this connection")
         since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
-        session.open_gate(room)
+        gate = session.gate(room)
+        generation = gate.begin_join()
         try:
             if member:
                 await self.backend.subscribe(room)  # a rejoin waits for the resubscription
@@ -465,7 +483,7 @@ class Node:
                     session.info, room, since, sorted(session.rooms)
                 )
             if _went_back(seen, recovery.position):
-                recovery = await self._new_epoch(room, recovery.position, since)
+                recovery = await self._new_epoch(room, recovery.position, since, skip=session)
         except BACKEND_ERRORS as exc:
             buffered = session.drop_gate(room)
             if member:  # still a member: what arrived meanwhile is still owed to the client
@@ -485,10 +503,20 @@ class Node:
             data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
         self.reply(session, "room_joined", data, frame_id)
         # go live: what arrived while we read history, minus what the answer already had
-        for pub in session.release_gate(room, position.epoch, position.offset):
-            session.enqueue(session.transport.encode_publication(pub))
+        released = gate.release(generation, position.epoch, position.offset)
+        if released is None:
+            return  # a rejoin was sent meanwhile: the join that answers it goes live
+        newer, lossy = released
+        if newer:  # the stream is past the floor already
+            session.drop_gate(room)
+            for pub in newer:
+                session.enqueue(session.transport.encode_publication(pub))
+        if lossy:  # more arrived than a gate holds: history has it
+            self._send_rejoin([room], "gap", only=session)
 
-    async def _new_epoch(self, room: str, position: Position, since: Position | None) -> Any:
+    async def _new_epoch(
+        self, room: str, position: Position, since: Position | None, skip: Session | None = None
+    ) -> Any:
         """Redis answered with a position below what this node already saw in the same epoch:
         it lost acknowledged writes (a lagging replica promoted, an older AOF). The room moves
         to a new epoch, so no (epoch, offset) pair is given to two events; its members are told."""
@@ -501,7 +529,7 @@ class Node:
             moved.epoch,
         )
         self.hub.moved_to(room, position.epoch, moved.offset, moved.epoch)
-        self._send_rejoin([room], "epoch")
+        self._send_rejoin([room], "epoch", skip=skip)
         recovered = since is not None and (since.epoch, since.offset) == (moved.epoch, moved.offset)
         return Recovery(position=moved, recovered=recovered)
 
@@ -611,8 +639,7 @@ class Node:
                 if ts:
                     self.metrics.delivery_latency.observe(max(0.0, (now_ms() - ts) / 1000))
         elif order is Order.GAP:
-            self.metrics.deliveries.inc(len(self.hub.rooms.get(pub.room, ())))
-            self._send_rejoin([pub.room], "gap")
+            self._send_rejoin([pub.room], "gap", held=pub)
         elif order is Order.REUSED:
             self._on_reused(pub)
 
@@ -671,11 +698,60 @@ class Node:
                 finally:
                     self._moving.discard(room)
 
-    def _send_rejoin(self, rooms: list[str], reason: str) -> None:
+    def _send_rejoin(
+        self,
+        rooms: list[str],
+        reason: str,
+        *,
+        held: Publication | None = None,
+        skip: Session | None = None,
+        only: Session | None = None,
+    ) -> None:
+        """Tell members to join again with ``since``, and hold the room's live events for each
+        until it does (``held``: the event that showed the gap, first in line). A member that
+        does not rejoin within ``REJOIN_HOLD_S`` gets what was held, live."""
+        deadline = time.monotonic() + REJOIN_HOLD_S
         for room in rooms:
-            for session in self.hub.members(room):
+            members = (only,) if only is not None else self.hub.members(room)
+            for session in members:
+                if session is skip or session.closed:
+                    continue
+                pending = session.pending
+                gate = pending.get(room) if pending is not None else None
+                # Already told to rejoin (its answer will cover this), or joining now with a live
+                # subscription (its answer is still exact: a gap in the node's view is not one for
+                # a history read made after the subscription): hold, tell nothing new.
+                told = (
+                    gate is not None
+                    and gate.holding
+                    and (gate.deadline is not None or reason == "gap")
+                )
+                if gate is None:
+                    gate = session.gate(room)
+                if not told:
+                    gate.await_rejoin(deadline)
+                if held is not None:
+                    gate.hold(held)
+                if told:
+                    continue
+                self._awaiting_rejoin[(session, room)] = None
                 self.metrics.rejoins.labels(reason).inc()
                 self.reply(session, "rejoin", {"room": room, "reason": reason}, None)
+
+    async def _rejoin_deadline_loop(self) -> None:
+        """Members that were told to rejoin and did not in time get what was held for them."""
+        while True:
+            await asyncio.sleep(REJOIN_SWEEP_S)
+            now = time.monotonic()
+            for key in list(self._awaiting_rejoin):
+                session, room = key
+                gate = session.pending.get(room) if session.pending is not None else None
+                if session.closed or gate is None or gate.deadline is None:
+                    del self._awaiting_rejoin[key]
+                elif now >= gate.deadline:
+                    del self._awaiting_rejoin[key]
+                    for pub in session.drop_gate(room):
+                        session.enqueue(session.transport.encode_publication(pub))
 
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
-import redis
-from redis import asyncio as aioredis
 
 from gateway.backend import redis_publish
 from gateway.backend.base import PublishResult
+from gateway.backend.clients import async_client, kind_of, sync_client
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy
+from gateway.backend.sentinel import aclose_sentinels, close_sentinels
+from gateway.backend.urls import parse_redis_url
 from gateway.events import dumps_payload
 from gateway.rooms import is_valid_room
 
@@ -48,10 +49,6 @@ def _policy(history_size: int | None, history_ttl_s: int | None) -> HistoryPolic
         else _env_int("GATEWAY_HISTORY_TTL_SECONDS", 600),
         meta_ttl_s=_env_int("GATEWAY_HISTORY_META_TTL_S", 86400),
     )
-
-
-def _is_cluster(url: str, cluster: bool | None) -> bool:
-    return cluster if cluster is not None else "+cluster" in url
 
 
 def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
@@ -82,7 +79,7 @@ P = TypeVar("P", bound="_Base")
 
 
 class _Base:
-    _clients: tuple[Any, Any]  # (single Redis client class, Redis Cluster client class)
+    _make_client: Any  # clients.sync_client or clients.async_client
 
     @classmethod
     def from_url(
@@ -94,12 +91,13 @@ class _Base:
         history_ttl_s: int | None = None,
         cluster: bool | None = None,
     ) -> P:
-        """A publisher for ``url`` (``redis://``, ``rediss://``, ``redis+cluster://``).
-        History size/TTL and the key prefix default to the ``GATEWAY_*`` variables."""
-        is_cluster = _is_cluster(url, cluster)
-        client_class = cls._clients[1] if is_cluster else cls._clients[0]
+        """A publisher for ``url``: any ``GATEWAY_REDIS_URL`` form (``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://``, ``redis+sentinel://``; with Sentinel the publisher
+        follows the master across failovers). History size/TTL and the key prefix default to
+        the ``GATEWAY_*`` variables."""
+        is_cluster = kind_of(parse_redis_url(url), cluster) == "cluster"
         return cls(
-            client_class.from_url(url.replace("+cluster", ""), protocol=2),
+            cls._make_client(url, cluster=is_cluster, protocol=2),
             prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
             history=_policy(history_size, history_ttl_s),
             cluster=is_cluster,
@@ -142,7 +140,7 @@ class _Base:
 class Publisher(_Base):
     """Synchronous publisher for Django views, signals and management commands."""
 
-    _clients = (redis.Redis, redis.RedisCluster)
+    _make_client = staticmethod(sync_client)
 
     def publish(
         self,
@@ -182,12 +180,13 @@ class Publisher(_Base):
 
     def close(self) -> None:
         self.client.close()
+        close_sentinels(self.client)
 
 
 class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
-    _clients = (aioredis.Redis, aioredis.RedisCluster)
+    _make_client = staticmethod(async_client)
     _batcher: Any = None  # group commit of concurrent publishes, made on first use
 
     async def publish(
@@ -229,3 +228,4 @@ class AsyncPublisher(_Base):
         if self._batcher is not None:
             await self._batcher.aclose()
         await self.client.aclose()
+        await aclose_sentinels(self.client)

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.backend.factory import history_policy
 from gateway.backend.redis import make_client
+from gateway.backend.sentinel import aclose_sentinels
 from gateway.config import ConfigError, Settings
 from worker.ingest import IngestConsumer, IngestStats
 from worker.janitor import Janitor
@@ -88,6 +89,7 @@ class Worker:
             await self._runner.cleanup()
         with contextlib.suppress(Exception):
             await self.client.aclose()
+            await aclose_sentinels(self.client)
 
     async def _supervise(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
         backoff = Backoff(base_s=0.5, cap_s=10.0)
