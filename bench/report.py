@@ -111,7 +111,8 @@ def scenario_section(scenario: Scenario, sizes: Any, summary: Mapping[str, Any])
             cells = [_fmt(row.get(k)) for k, _, _ in columns]
             out.append("| " + " | ".join([label, *cells]) + " |")
             for base, ref in baselines.items():
-                if ref is None or target == base or BASELINES.index(base) < _rank(target):
+                # a baseline is divided only by the baselines before it (socketio ÷ reference)
+                if ref is None or (target in BASELINES and _rank(base) >= _rank(target)):
                     continue
                 cells = [_ratio(row.get(k), ref.get(k)) if b else "" for k, _, b in columns]
                 ratio_lines.append("| " + " | ".join([f"{label} ÷ {base}", *cells]) + " |")
