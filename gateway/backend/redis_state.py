@@ -162,7 +162,8 @@ class RedisState:
     async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._queue_connection(pipe, conn, add=True)
-        pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
+        if not rooms:  # else the join writes the client's info (one {g} write, not two)
+            pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
         await pipe.execute()
         if rooms:
             await self._join_cluster(conn, rooms, rooms)
