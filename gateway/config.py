@@ -114,6 +114,14 @@ class Settings(BaseSettings):
     # a TCP connection whose request head is not complete in this time is closed
     handshake_timeout_s: float = Field(10.0, gt=0, le=600)
 
+    # --- connection accounting, online status, receipts (presence) --------------------------
+    limits_timeout_s: float = Field(1.0, gt=0, le=30)
+    presence_grace_s: float = Field(5.0, ge=0, le=3600)
+    presence_stream_maxlen: int = Field(100_000, ge=100, le=100_000_000)
+    django_presence_path: str | None = None
+    presence_batch: int = Field(100, ge=1, le=10_000)
+    receipts_pending: int = Field(256, ge=1, le=100_000)
+
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv
     )

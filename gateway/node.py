@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.accounting import Accounting
 from gateway.backend.base import (
     Backend,
     ConnectionInfo,
@@ -26,10 +27,11 @@ from gateway.backend.base import (
     Publication,
     Recovery,
 )
+from gateway.backend.factory import make_online_store, make_receipt_store
 from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode, close_code_label
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
-from gateway.events import dumps_payload, new_event_id, now_ms
+from gateway.events import dumps_payload, new_event_id, now_ms, wants_receipts
 from gateway.hub import Hub, Order, Outbox
 from gateway.listen import redis_location
 from gateway.metrics import Metrics
@@ -47,6 +49,7 @@ from gateway.protocol import (
     decode_frame,
     validate_payload,
 )
+from gateway.receipts import Receipts, looks_like_received, receipts_from_answer
 from gateway.rooms import (
     automatic_rooms,
     check_access,
@@ -120,6 +123,23 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self._awaiting_rejoin: dict[tuple[Session, str], None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.accounting = Accounting(
+            make_online_store(settings, backend),
+            self.node_id,
+            max_per_user=settings.max_connections_per_user,
+            max_per_ip=settings.max_connections_per_ip,
+            cluster_wide=backend.name != "memory",
+            trusted_proxies=settings.trusted_proxies,
+            lease_s=settings.node_lease_s,
+            timeout_s=settings.limits_timeout_s,
+            metrics=metrics,
+        )
+        self.receipts = Receipts(
+            make_receipt_store(settings, backend),
+            metrics,
+            BACKEND_ERRORS,
+            max_pending=settings.receipts_pending,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -138,10 +158,12 @@ class Node:
                 where,
                 exc,
             )
+        await self.accounting.start()  # never raises: registers once the backend answers
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
             asyncio.create_task(self._rejoin_deadline_loop(), name="rejoin deadlines"),
+            asyncio.create_task(self.accounting.run(self._accounting_tick()), name="accounting"),
         ]
         if self.backend.name == "memory":
             # embedded mode has no worker: the node sweeps its own stale state
@@ -154,6 +176,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.accounting.stop()
         with contextlib.suppress(*BACKEND_ERRORS):
             await self.backend.deregister()
         await self.backend.close()
@@ -208,6 +231,7 @@ class Node:
             return "node_full"  # unfinished handshakes count (CONTRACT section 2)
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
+        self.accounting.note_address(ip, self.by_ip[ip] + 1, len(self.sessions) + 1)
         return None
 
     def open_session(self, transport: Transport, ip: str) -> Session:
@@ -292,6 +316,11 @@ class Node:
                 code,
                 time.time() - session.connected_at,
             )
+        user_id = (
+            session.identity.user_id if session.info is not None and session.identity else None
+        )
+        await self.accounting.closed(user_id, session.ip)
+        self.receipts.forget(session.id)
 
     async def authenticate_with(self, session: Session, token: str) -> None:
         """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
@@ -304,6 +333,12 @@ class Node:
     # --- frames -------------------------------------------------------------------------------
     async def handle(self, session: Session, raw: str | bytes) -> None:
         self.frames_in += 1
+        if looks_like_received(raw):  # receipts: outside the rate limit, unless ignored
+            accepted = await self.receipts.handle(session, raw)
+            if accepted is not None:
+                if not accepted and not session.bucket.take():
+                    self.rate_limited(session)
+                return
         if not session.bucket.take():
             self.rate_limited(session)
             return
@@ -384,7 +419,9 @@ class Node:
                     AuthErrorCode.IDENTITY_MISMATCH, "userId/role differ from the token's identity"
                 )
             open_now = len(self.by_user.get(identity.user_id, ()))
-            if open_now >= self.settings.max_connections_per_user:
+            if open_now >= self.settings.max_connections_per_user or not (
+                await self.accounting.admit_user(identity.user_id, identity.role)
+            ):
                 raise AuthFailure(
                     AuthErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user"
                 )
@@ -392,6 +429,7 @@ class Node:
             self._auth_failed(session, exc, frame_id)
             return
         if session.closed:
+            await self.accounting.release_user(identity.user_id)  # counted, never registered
             return
         rooms = automatic_rooms(identity)
         session.identity = identity
@@ -489,6 +527,7 @@ class Node:
             if member:  # still a member: what arrived meanwhile is still owed to the client
                 for pub in buffered:
                     session.enqueue(session.transport.encode_publication(pub))
+                self.receipts.sent(session, buffered)
             elif room in session.rooms:
                 session.drop_room(room)
                 if self.hub.remove(session, room):
@@ -501,6 +540,7 @@ class Node:
         if payload.since is not None:
             data["recovered"] = recovery.recovered
             data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
+            self.receipts.sent(session, recovery.publications)
         self.reply(session, "room_joined", data, frame_id)
         # go live: what arrived while we read history, minus what the answer already had
         released = gate.release(generation, position.epoch, position.offset)
@@ -511,6 +551,7 @@ class Node:
             session.drop_gate(room)
             for pub in newer:
                 session.enqueue(session.transport.encode_publication(pub))
+            self.receipts.sent(session, newer)
         if lossy:  # more arrived than a gate holds: history has it
             self._send_rejoin([room], "gap", only=session)
 
@@ -614,9 +655,10 @@ class Node:
             raise ProtocolError(ErrorCode.DJANGO_UNAVAILABLE, "Django is unavailable, retry later")
         body = outcome.body if outcome.body is not None else payload
         rooms, body = rooms_from_answer(body, default_rooms(event, payload))
+        receipts, body = receipts_from_answer(body)
         try:
-            await self.backend.publish(
-                rooms, event, dumps_payload(body), "client", event_id=event_id
+            result = await self.backend.publish(
+                rooms, event, dumps_payload(body), "client", event_id=event_id, receipts=receipts
             )
         except BACKEND_ERRORS as exc:
             self.metrics.redis_errors.labels("publish").inc()
@@ -624,6 +666,8 @@ class Node:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "confirmed by Django but delivery failed; refetch state"
             ) from None
+        if receipts:
+            await self.receipts.published(result, self.local_members(rooms))
         self.metrics.business_events.labels(event, "confirmed").inc()
         self.metrics.publishes.labels("client").inc()
         self.reply(session, "ack", {"event": event, "eventId": event_id}, frame_id)
@@ -631,6 +675,8 @@ class Node:
     # --- backend callbacks --------------------------------------------------------------------
     def on_publication(self, pub: Publication) -> None:
         order = self.hub.deliver(pub)
+        if order is Order.IN_ORDER and wants_receipts(pub.body):
+            self.receipts.sent_live(pub, self.hub.members(pub.room))
         if order is Order.IN_ORDER:
             members = self.hub.rooms.get(pub.room)
             if members:
@@ -750,8 +796,10 @@ class Node:
                     del self._awaiting_rejoin[key]
                 elif now >= gate.deadline:
                     del self._awaiting_rejoin[key]
-                    for pub in session.drop_gate(room):
+                    held = session.drop_gate(room)
+                    for pub in held:
                         session.enqueue(session.transport.encode_publication(pub))
+                    self.receipts.sent(session, held)
 
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":
@@ -825,6 +873,14 @@ class Node:
             removed = await self.backend.cleanup()
             if any(removed.values()):
                 log.debug("janitor removed %s", removed)
+
+    def local_members(self, rooms: list[str]) -> dict[str, int]:
+        """This node's members of ``rooms`` (embedded mode: everyone's)."""
+        return {room: len(self.hub.rooms.get(room, ())) for room in rooms}
+
+    def _accounting_tick(self) -> float:
+        """Grace periods end within a quarter of their length (at most 1 s late)."""
+        return min(1.0, max(0.05, self.settings.presence_grace_s / 4))
 
     async def _probe_loop(self) -> None:
         while True:

@@ -36,8 +36,8 @@ from gateway.backend.base import (
     ResyncHandler,
 )
 from gateway.backend.clients import async_client, kind_of
+from gateway.backend.endpoint import Endpoint
 from gateway.backend.keys import Keys
-from gateway.backend.pubsub_link import Endpoint
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
 from gateway.backend.sentinel import SentinelMaster, aclose_sentinels
@@ -253,6 +253,7 @@ class RedisBackend:
         *,
         event_id: str | None = None,
         idempotency_key: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
         event_id, calls = redis_publish.build_calls(
             self.keys,
@@ -264,6 +265,7 @@ class RedisBackend:
             sharded=self.cluster,
             event_id=event_id,
             idempotency_key=idempotency_key,
+            receipts=receipts,
         )
         return await redis_publish.run_async(
             self.client, self.keys, event_id, calls, self.cluster, self.state.batch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.backend.pubsub_link import Endpoint
+from gateway.backend.endpoint import Endpoint
 from gateway.backend.urls import RedisUrl
 
 SENTINEL_OPTIONS = ("socket_timeout", "socket_connect_timeout")

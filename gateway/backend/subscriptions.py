@@ -25,7 +25,8 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.backend.pubsub_link import CHANNEL_ERRORS, Endpoint, MessageHandler, PubSubLink
+from gateway.backend.endpoint import Endpoint
+from gateway.backend.pubsub_link import CHANNEL_ERRORS, MessageHandler, PubSubLink
 from gateway.backend.topology import Topology
 
 log = logging.getLogger("gateway.pubsub")

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisClusterException
 
-from gateway.backend.pubsub_link import Endpoint
+from gateway.backend.endpoint import Endpoint
 
 
 class Topology(Protocol):

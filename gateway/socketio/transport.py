@@ -17,6 +17,7 @@ that id becomes the acknowledgement ``43<n>[...]`` (see ``codec.encode_reply``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -120,7 +121,10 @@ class SessionOpener(Protocol):
     def __call__(self, request: web.Request, transport: SioTransport) -> SessionPort: ...
 
 
-Refuser = Callable[[web.Request], "web.StreamResponse | None"]
+# may return an awaitable (the cluster-wide per-IP cap asks Redis)
+Refuser = Callable[
+    [web.Request], "web.StreamResponse | Awaitable[web.StreamResponse | None] | None"
+]
 
 
 class _Publication(Protocol):
@@ -450,7 +454,8 @@ def socketio_handler(
                 status=error.status, body=error.body(), content_type="application/json"
             )
         if refuse is not None:
-            refused = refuse(request)
+            answer = refuse(request)
+            refused = await answer if inspect.isawaitable(answer) else answer
             if refused is not None:
                 return refused
         # the frames are read by the gateway's own reader, with the bounds of /ws

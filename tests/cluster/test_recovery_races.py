@@ -381,3 +381,37 @@ async def rejoin_until_answered(client: WsClient, since: dict[str, Any]) -> dict
             if reply["event"] == "room_joined":
                 return dict(reply["data"])
             await asyncio.sleep(0.2)
+
+
+async def test_joining_rooms_nothing_was_published_to_creates_no_room_keys(
+    redis_server: Any, make_node: Any, http: Any
+) -> None:
+    """Issue 16 item 6. Before: every join created the room's meta key (24 h TTL), so any user
+    could fill Redis with keys (2,000 joins -> 2,000 keys) and, under ``noeviction``, make it
+    refuse writes. Now a join of an unpublished room creates no room key at all."""
+    node = await make_node(
+        redis_server.url, max_rooms_per_connection=600, rate_limit=10000, rate_burst=10000
+    )
+    client = await member(node, http)
+    admin = redis_server.client()
+    for n in range(500):
+        answer = await client.join(f"service_{n}")
+        assert (answer["offset"], answer["epoch"]) == (0, "0")
+    room_keys = [k for k in admin.scan_iter(match="gateway:room:*") if b":presence" not in k]
+    assert room_keys == []
+    # a publish creates the room's keys, and only that room's
+    await AsyncPublisherOnce(redis_server.url).publish("service_7")
+    room_keys = {k for k in admin.scan_iter(match="gateway:room:*") if b":presence" not in k}
+    assert {k.split(b"}")[0] for k in room_keys} == {b"gateway:room:{service_7"}
+
+
+class AsyncPublisherOnce:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def publish(self, room: str) -> None:
+        publisher = AsyncPublisher.from_url(self.url)
+        try:
+            await publisher.publish(room, "t", {"n": 0})
+        finally:
+            await publisher.aclose()

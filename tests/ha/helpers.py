@@ -38,7 +38,10 @@ class Follower:
     """One WebSocket client on one node that does what the protocol asks: it answers ``rejoin``
     by joining the room again with ``since`` (its position: the last event it processed), and
     records every event it is given, live or in ``missed``. It dedupes nothing: the checks see
-    exactly what the gateway sent."""
+    exactly what the gateway sent. Like any client, it has one join of a room in flight at a
+    time: a ``rejoin`` that arrives meanwhile is answered once that join's reply came, from the
+    position the reply gave (joining twice from one position would ask for the same events
+    twice)."""
 
     def __init__(self, session: aiohttp.ClientSession, ws_url: str, token: str) -> None:
         self.session = session
@@ -52,6 +55,8 @@ class Follower:
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
+        self._joining: set[str] = set()
+        self._rejoin_after: set[str] = set()
         self.closed_with: int | None = None
 
     async def start(self, rooms: Sequence[str]) -> None:
@@ -80,6 +85,7 @@ class Follower:
         return fut
 
     def _send_join(self, room: str) -> asyncio.Future[dict[str, Any]]:
+        self._joining.add(room)
         data: dict[str, Any] = {"room": room}
         position = self.rooms[room].position
         if position is not None:
@@ -89,14 +95,19 @@ class Follower:
         return fut
 
     def _joined(self, room: str, fut: asyncio.Future[dict[str, Any]]) -> None:
+        self._joining.discard(room)
         if fut.cancelled() or fut.exception() is not None:
             return
         reply = fut.result()
+        again = room in self._rejoin_after  # a rejoin came while this join was in flight
+        self._rejoin_after.discard(room)
         log = self.rooms[room]
         if reply["event"] != "room_joined":
             self.errors.append(reply)
             if reply["data"].get("code") == "unavailable":  # "retry", says the gateway
                 asyncio.get_running_loop().call_later(0.2, self._send_join, room)
+            elif again:
+                self._send_join(room)
             return
         data = reply["data"]
         for event in data.get("missed", []):
@@ -105,6 +116,8 @@ class Follower:
             log.resets.append(len(log.deliveries))
         if data.get("recovered") is False or log.position is None:
             log.position = {"epoch": data["epoch"], "offset": data["offset"]}
+        if again:
+            self._send_join(room)
 
     async def _write(self) -> None:
         assert self._ws is not None
@@ -125,7 +138,10 @@ class Follower:
             elif frame.get("event") == "rejoin":
                 room = frame["data"]["room"]
                 self.rooms[room].rejoins += 1
-                self._send_join(room)
+                if room in self._joining:
+                    self._rejoin_after.add(room)
+                else:
+                    self._send_join(room)
         self.closed_with = self._ws.close_code
 
     def _record(self, room: str, event: dict[str, Any], how: str) -> None:
