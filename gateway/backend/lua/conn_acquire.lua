@@ -48,8 +48,10 @@ end
 if off then
   redis.call("HDEL", KEYS[1], "off")
 end
-if off or (on ~= nil and on ~= "1") then
-  redis.call("PERSIST", KEYS[1])  -- only an offline user's hash has a TTL (online_settle)
+if on ~= nil and on ~= "1" then
+  -- only an offline user's hash has a TTL (online_settle sets "on" 0 and the TTL together;
+  -- within the grace period "off" is set but "on" is still 1 and there is no TTL)
+  redis.call("PERSIST", KEYS[1])
 end
 if on == "1" then
   redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3])
