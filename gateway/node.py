@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.auth.authenticator import Authenticator
 from gateway.backend.base import (
     Backend,
     ConnectionInfo,
@@ -88,6 +89,7 @@ class Node:
         self.backend = backend
         self.django = django
         self.metrics = metrics
+        self.auth = Authenticator.for_backend(settings, backend, django, metrics)
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
@@ -343,7 +345,7 @@ class Node:
         if session.identity is not None:
             raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")
         try:
-            identity = await self.django.verify(token)
+            identity = await self.auth.verify(token)
             if (user_id is not None and user_id != identity.user_id) or (
                 role is not None and role != identity.role
             ):
@@ -585,6 +587,7 @@ class Node:
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":
             user_id = str(message.args.get("userId", ""))
+            self.auth.forget_user(user_id)
             for session in list(self.by_user.get(user_id, ())):
                 session.close(CloseCode.DISCONNECTED_BY_SERVER, "disconnected by the server")
             if user_id in self.by_user:

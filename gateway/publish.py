@@ -20,6 +20,7 @@ import orjson
 import redis
 from redis import asyncio as aioredis
 
+from gateway.auth.revoke import revocation_ttl_from_env, revoke_async, revoke_sync
 from gateway.backend import redis_publish
 from gateway.backend.base import PublishResult
 from gateway.backend.keys import Keys
@@ -82,9 +83,11 @@ class _Base:
         history_size: int | None = None,
         history_ttl_s: int | None = None,
         cluster: bool | None = None,
+        revocation_ttl_s: int | None = None,
     ) -> P:
         """A publisher for ``url`` (``redis://``, ``rediss://``, ``redis+cluster://``).
-        History size/TTL and the key prefix default to the ``GATEWAY_*`` variables."""
+        History size/TTL, the key prefix and how long ``disconnect`` refuses older JWTs
+        default to the ``GATEWAY_*`` variables."""
         is_cluster = _is_cluster(url, cluster)
         client_class = cls._clients[1] if is_cluster else cls._clients[0]
         return cls(
@@ -92,13 +95,23 @@ class _Base:
             prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
             history=_policy(history_size, history_ttl_s),
             cluster=is_cluster,
+            revocation_ttl_s=revocation_ttl_s,
         )
 
-    def __init__(self, client: Any, *, prefix: str, history: HistoryPolicy, cluster: bool) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        history: HistoryPolicy,
+        cluster: bool,
+        revocation_ttl_s: int | None = None,
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.history = history
         self.cluster = cluster
+        self.revocation_ttl_s = revocation_ttl_s or revocation_ttl_from_env()
 
     def _calls(
         self,
@@ -147,9 +160,12 @@ class Publisher(_Base):
         return redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
 
     def disconnect(self, user_id: str | int) -> int:
-        """Close every connection of the user on every node (close 4403). Returns how many
-        connections the user had open."""
+        """Close every connection of the user on every node (close 4403) and forget the
+        user's verified tokens: a token Django revoked cannot come back from the cache, and
+        the user's JWTs issued before now are refused (for ``GATEWAY_AUTH_REVOCATION_TTL_S``).
+        Returns how many connections the user had open."""
         count = int(self.client.scard(self.keys.user_connections(str(user_id))))
+        revoke_sync(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         self.client.execute_command(command, self.keys.control_channel, msg)
         return count
@@ -181,6 +197,7 @@ class AsyncPublisher(_Base):
 
     async def disconnect(self, user_id: str | int) -> int:
         count = int(await self.client.scard(self.keys.user_connections(str(user_id))))
+        await revoke_async(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         await self.client.execute_command(command, self.keys.control_channel, msg)
         return count

@@ -135,7 +135,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
             return
         ws = self.ws = WsTransport(self._transport)
         answer = switching_protocols(upgrade.key)
-        if upgrade.token and node.django.cached(upgrade.token):
+        if upgrade.token and node.auth.cached(upgrade.token):
             ws.hold(answer)  # sent with auth_success (or auth_error): one send, not two
         else:
             self._transport.write(answer)  # Django may take a while: upgrade now

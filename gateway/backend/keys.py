@@ -131,3 +131,24 @@ class Keys:
     def events_series_by_type(self) -> str:
         """hash type -> events of that type over the last 60 minutes, rolled up by the worker."""
         return f"{self.prefix}:{{g}}:epm:series:types"
+
+    # --- authentication (appended): shared token cache and revocation ----------------------
+    def auth_token(self, token_hash: str) -> str:
+        """string: JSON ``{"u": userId, "r": role, "t": verifiedAtMs}`` of a token Django
+        verified, by the token's sha256 (never the token); PX ``GATEWAY_AUTH_CACHE_S``."""
+        return f"{self.auth_cache_prefix}tok:{token_hash}"
+
+    def auth_user_tokens(self, user_id: str) -> str:
+        """set of the user's cached token hashes, so ``disconnect`` forgets them without a
+        scan; PX ``GATEWAY_AUTH_CACHE_S``, refreshed on every add."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:tokens"
+
+    def auth_user_revoked(self, user_id: str) -> str:
+        """string: epoch ms of the user's last ``disconnect``; JWTs issued before it are
+        refused. EX ``GATEWAY_AUTH_REVOCATION_TTL_S``."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:revoked"
+
+    def auth_user_role(self, user_id: str) -> str:
+        """string: the user's role as Django's profile answered it, for JWTs without a role
+        claim; PX ``GATEWAY_AUTH_CACHE_S``."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:role"

@@ -1,0 +1,60 @@
+"""``disconnect(user_id)``'s part in Redis: mark when the user was disconnected (JWTs issued
+before it are refused) and forget the user's cached tokens and role, so a token Django has
+revoked cannot come back from a cache. Run before the control message that closes the user's
+connections. Shared by the nodes (``POST /api/disconnect``) and the publishers: imports no
+aiohttp, and works with sync and asyncio redis clients alike.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from gateway.backend import scripts
+from gateway.backend.keys import Keys
+
+DEFAULT_TTL_S = 86400
+
+
+def revocation_ttl_from_env() -> int:
+    """``GATEWAY_AUTH_REVOCATION_TTL_S``, as the nodes read it (publishers run in Django)."""
+    raw = os.environ.get("GATEWAY_AUTH_REVOCATION_TTL_S")
+    return int(raw) if raw not in (None, "") else DEFAULT_TTL_S
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _call(keys: Keys, user_id: str, at_ms: int, ttl_s: int) -> tuple[list[str], list[Any]]:
+    return (
+        [
+            keys.auth_user_revoked(user_id),
+            keys.auth_user_tokens(user_id),
+            keys.auth_user_role(user_id),
+        ],
+        [at_ms, ttl_s],
+    )
+
+
+def _entries(keys: Keys, hashes: list[Any]) -> list[str]:
+    return [keys.auth_token(h.decode() if isinstance(h, bytes) else str(h)) for h in hashes]
+
+
+def revoke_sync(
+    client: Any, keys: Keys, user_id: str, ttl_s: int, at_ms: int | None = None
+) -> None:
+    script = scripts.load(scripts.AUTH_REVOKE)
+    hashes = script.run_sync(client, *_call(keys, user_id, at_ms or now_ms(), ttl_s))
+    if hashes:
+        client.delete(*_entries(keys, hashes))  # split by slot on a cluster
+
+
+async def revoke_async(
+    client: Any, keys: Keys, user_id: str, ttl_s: int, at_ms: int | None = None
+) -> None:
+    script = scripts.load(scripts.AUTH_REVOKE)
+    hashes = await script.run(client, *_call(keys, user_id, at_ms or now_ms(), ttl_s))
+    if hashes:
+        await client.delete(*_entries(keys, hashes))

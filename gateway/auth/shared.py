@@ -1,0 +1,114 @@
+"""The cluster-wide token cache in Redis, so a client that reconnects to another node (a storm
+after a node loss) is not verified with Django again.
+
+A token Django verified is stored under its sha256 (never the token) with the identity and when
+the check began, for ``GATEWAY_AUTH_CACHE_S``, and its hash is added to the user's set, which
+``disconnect(user_id)`` (``revoke.py``) reads to delete the user's entries without a scan.
+A check that was still running when the user was disconnected must not leave an entry behind:
+after writing, the node reads the user's revocation mark and deletes its entry again when the
+mark is not older than the check. Either the disconnect's script saw the hash in the set (and
+deleted the entry), or the node's read comes after the mark: the entry cannot survive both.
+
+A hit costs one ``GET``; a miss that Django answers costs ``SET`` + (``SADD``, ``PEXPIRE``,
+``GET``) in a second round trip (the user's keys share a slot, the token's is elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from gateway.auth.local import Verified
+from gateway.auth.revoke import revoke_async
+from gateway.backend.keys import Keys
+from gateway.rooms import ROLES, Identity
+
+# A revocation mark up to this much older than a check still voids it: marks are written with
+# the caller's clock (Django's, for the publishers) and checks are dated with the node's.
+CLOCK_SLACK_MS = 5000
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class SharedTokens:
+    def __init__(
+        self,
+        client: Callable[[], Any],
+        keys: Keys,
+        *,
+        cache_s: float,
+        revocation_ttl_s: int,
+    ) -> None:
+        self._client = client  # the backend's client, looked up at each use
+        self.keys = keys
+        self.cache_s = cache_s
+        self.revocation_ttl_s = revocation_ttl_s
+
+    async def get(self, token_hash: str) -> Verified | None:
+        raw = await self._client().get(self.keys.auth_token(token_hash))
+        return None if raw is None else self._parse(raw)
+
+    def _parse(self, raw: bytes) -> Verified | None:
+        try:
+            entry = orjson.loads(raw)
+            user, role, at_ms = str(entry["u"]), entry["r"], int(entry["t"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if role not in ROLES or not user:
+            return None
+        at = at_ms / 1000
+        return Verified(Identity(user, role), at, at + self.cache_s)
+
+    async def put(self, token_hash: str, verified: Verified) -> None:
+        client, keys = self._client(), self.keys
+        identity = verified.identity
+        ttl_ms = _ms(verified.expires_at - verified.verified_at)
+        if ttl_ms <= 0:
+            return
+        entry = orjson.dumps(
+            {"u": identity.user_id, "r": identity.role, "t": _ms(verified.verified_at)}
+        )
+        await client.set(keys.auth_token(token_hash), entry, px=ttl_ms)
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(keys.auth_user_tokens(identity.user_id), token_hash)
+        pipe.pexpire(keys.auth_user_tokens(identity.user_id), _ms(self.cache_s))
+        pipe.get(keys.auth_user_revoked(identity.user_id))
+        mark = (await pipe.execute())[2]
+        if self._voids(mark, verified):
+            await client.delete(keys.auth_token(token_hash))
+
+    async def user_state(self, user_id: str) -> tuple[float | None, Verified | None]:
+        """The user's last disconnect (wall s) and Django's cached role, in one ``MGET``."""
+        keys = self.keys
+        raw = await self._client().mget(
+            keys.auth_user_revoked(user_id), keys.auth_user_role(user_id)
+        )
+        mark = int(raw[0]) / 1000 if raw[0] is not None else None
+        role = self._parse(raw[1]) if raw[1] is not None else None
+        if role is not None and role.identity.user_id != user_id:
+            role = None
+        return mark, role
+
+    async def put_role(self, verified: Verified) -> None:
+        """Django's role for a user (JWTs without a role claim), voided like a token entry."""
+        keys, user = self.keys, verified.identity.user_id
+        entry = orjson.dumps(
+            {"u": user, "r": verified.identity.role, "t": _ms(verified.verified_at)}
+        )
+        pipe = self._client().pipeline(transaction=False)
+        pipe.set(keys.auth_user_role(user), entry, px=max(1, _ms(self.cache_s)))
+        pipe.get(keys.auth_user_revoked(user))
+        mark = (await pipe.execute())[1]
+        if self._voids(mark, verified):
+            await self._client().delete(keys.auth_user_role(user))
+
+    async def revoke(self, user_id: str, at_ms: int) -> None:
+        await revoke_async(self._client(), self.keys, user_id, self.revocation_ttl_s, at_ms)
+
+    @staticmethod
+    def _voids(mark: Any, verified: Verified) -> bool:
+        return mark is not None and int(mark) >= _ms(verified.verified_at) - CLOCK_SLACK_MS
