@@ -3,7 +3,9 @@
 The set is fetched on first use and again after ``MAX_AGE_S`` (in the background: the keys in
 hand keep serving), and at once for a ``kid`` we do not know — an issuer that rotated its key —
 but never more than once per ``MIN_REFRESH_S``, so tokens with made-up key ids cannot make us
-hammer the URL. While the URL is down the last good keys stay in use.
+hammer the URL. While the URL is down the last good keys stay in use. A token whose key is
+unknown is refused only when a set fetched for it lacks the key; when no fetch was possible it
+is ``auth_unavailable`` (retry), since it may be signed with a key we have not seen yet.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ Fetch = Callable[[str], Awaitable[bytes]]
 
 
 class JwksUnavailable(Exception):
-    """No key was ever loaded from the URL: tokens cannot be judged now."""
+    """The token's key is not known and the set cannot be fetched now: judge it later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,22 +87,26 @@ class JwksKeys:
         self._max_age_s = max_age_s
         self._keys: dict[str | None, SigningKey] = {}
         self._loaded_at = 0.0
+        self._loads = 0  # successful fetches
         self._tried_at: float | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._ok: bool | None = None
         self.fetches = 0
 
     async def key(self, kid: str | None, algorithm: str) -> SigningKey | None:
-        """The key for a token's ``kid`` and ``alg``, or None when the set has none.
-        Raises ``JwksUnavailable`` when no set was ever loaded."""
+        """The key for a token's ``kid`` and ``alg``, or None when a set fetched for this
+        question has none. Raises ``JwksUnavailable`` when the key is unknown and the set could
+        not be fetched now (the URL is down, or it was fetched less than ``MIN_REFRESH_S``
+        ago): the token may be good, so it is not refused."""
         found = self._find(kid, algorithm)
         if found is None:
+            loads = self._loads
             await self._refresh_now()
             found = self._find(kid, algorithm)
+            if found is None and self._loads == loads:
+                raise JwksUnavailable(self.url)
         elif time.monotonic() - self._loaded_at > self._max_age_s:
             self._refresh_soon()
-        if found is None and not self._keys:
-            raise JwksUnavailable(self.url)
         return found
 
     def _find(self, kid: str | None, algorithm: str) -> SigningKey | None:
@@ -138,6 +144,7 @@ class JwksKeys:
         else:
             self._keys = keys
             self._loaded_at = time.monotonic()
+            self._loads += 1
             self._state(True, f"{len(keys)} keys")
         finally:
             self._refresh = None

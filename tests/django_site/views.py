@@ -9,6 +9,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from tests.django_site import jwt_tokens
 from tests.django_site.business import Rejected, judge
 from tests.django_site.state import EVENTS_MODES, PROFILE_MODES, STATE, user_for_token
 
@@ -30,7 +31,7 @@ def _authenticate(token: str | None) -> dict[str, Any] | None:
     with STATE.lock:
         if token in STATE.revoked:
             return None
-    return user_for_token(token)
+    return user_for_token(token) or jwt_tokens.user_of(token)
 
 
 def _unauthorized() -> JsonResponse:
@@ -128,6 +129,8 @@ def control(request: HttpRequest) -> HttpResponse:
     error = _control_error(changes)
     if error:
         return JsonResponse({"detail": error}, status=400)
+    if changes.get("reset"):
+        jwt_tokens.JWT.reset()
     with STATE.lock:
         if changes.get("reset"):
             STATE.reset()
@@ -165,3 +168,40 @@ def _control_error(changes: object) -> str | None:
 def control_calls(request: HttpRequest) -> HttpResponse:
     with STATE.lock:
         return JsonResponse(STATE.calls_report())
+
+
+# --- JWTs (SimpleJWT) -------------------------------------------------------------------------
+@require_GET
+def jwks(request: HttpRequest) -> HttpResponse:
+    """The public keys of the site's RS256 / ES256 tokens, as a JWKS."""
+    document = jwt_tokens.JWT.jwks()
+    if document is None:
+        return JsonResponse({"detail": "JWKS unavailable (test)."}, status=503)
+    return JsonResponse(document)
+
+
+@require_http_methods(["GET", "POST"])
+def control_jwt(request: HttpRequest) -> HttpResponse:
+    """GET: the keys and the JWKS call count. POST ``{"action": ...}``: ``issue`` (options of
+    ``jwt_tokens.issue``) -> ``{"token"}``; ``rotate`` (``retire``: drop the old RSA keys) ->
+    ``{"kid"}``; ``jwks`` with ``mode`` ``ok``/``fail``; ``role`` with ``userId``, ``role``
+    (the profile answer for tokens without a role claim). ``reset`` of /control/ resets it."""
+    if request.method == "GET":
+        return JsonResponse(jwt_tokens.JWT.describe())
+    try:
+        body = json.loads(request.body)
+        action = body["action"]
+        if action == "issue":
+            return JsonResponse({"token": jwt_tokens.issue(body)})
+        if action == "rotate":
+            return JsonResponse({"kid": jwt_tokens.JWT.rotate(bool(body.get("retire")))})
+        with jwt_tokens.JWT.lock:
+            if action == "jwks":
+                jwt_tokens.JWT.jwks_mode = str(body["mode"])
+            elif action == "role":
+                jwt_tokens.JWT.roles[str(body["userId"])] = str(body["role"])
+            else:
+                return JsonResponse({"detail": f"unknown action {action!r}"}, status=400)
+    except (ValueError, KeyError, TypeError) as exc:
+        return JsonResponse({"detail": f"bad request: {exc!r}"}, status=400)
+    return JsonResponse({"ok": True})
