@@ -13,6 +13,7 @@
 // receive wall clock minus t. Latencies go into a log histogram (1% buckets) so that the results
 // of several load generator processes can be merged exactly by adding bucket counts.
 
+import { createHmac } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
@@ -28,6 +29,7 @@ const {
   room = "service_1",
   expect = 0, // events per room this run will collect, seq 0 .. expect-1
   handshakeTimeoutS = 30,
+  jwtSecret = null, // gateway: a HS256 JWT per user (SimpleJWT's claims) instead of cliente-<id>
 } = cfg;
 
 if (!["reference", "gateway", "channels"].includes(protocol)) {
@@ -57,12 +59,25 @@ function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
+// A SimpleJWT-shaped access token for user `id`, made before the connect phase (a client has
+// its token before it connects), so its cost is not in the connect figures.
+const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+function jwtFor(id) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url({ alg: "HS256", typ: "JWT" });
+  const claims = { token_type: "access", exp: now + 3600, iat: now, jti: `bench-${id}` };
+  const body = b64url({ ...claims, user_id: String(id), role: "cliente" });
+  const sig = createHmac("sha256", jwtSecret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
 // --- per-connection state ------------------------------------------------------------------
 class Conn {
   constructor(index) {
     this.id = idBase + index;
     this.url = urls[index % urls.length];
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
+    this.token = jwtSecret ? jwtFor(this.id) : `cliente-${this.id}`;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
     this.seen = new Uint8Array(Math.max(expect, 1)); // deliveries of each seq, saturating at 255
     this.received = 0;
@@ -158,7 +173,7 @@ function record(conn, data) {
 
 // --- the protocols: URL to open, and what makes a connection ready ---------------------------
 function openUrl(conn) {
-  if (protocol === "gateway") return `${conn.url}?token=cliente-${conn.id}`;
+  if (protocol === "gateway") return `${conn.url}?token=${conn.token}`;
   return `${conn.url}?room=${encodeURIComponent(conn.room)}`;
 }
 

@@ -97,6 +97,7 @@ class Loadgen:
         room_mode: str = "shared",
         room: str = "service_1",
         expect: int = 0,
+        jwt_secret: str | None = None,
     ) -> None:
         self.children: list[_Child] = []
         self.configs: list[dict[str, Any]] = []
@@ -116,6 +117,7 @@ class Loadgen:
                     "roomMode": room_mode,
                     "room": room,
                     "expect": expect,
+                    "jwtSecret": jwt_secret,
                 }
             )
             offset += count
@@ -128,7 +130,10 @@ class Loadgen:
     @property
     def command(self) -> str:
         """The command line of the first process (for the report)."""
-        return f"node bench/loadgen.mjs '{json.dumps(self.configs[0])}'"
+        config = dict(self.configs[0])
+        if config.get("jwtSecret"):
+            config["jwtSecret"] = "<secret>"  # the gateway's GATEWAY_JWT_SECRET
+        return f"node bench/loadgen.mjs '{json.dumps(config)}'"
 
     def start(self, timeout_s: float = 120.0) -> dict[str, Any]:
         for k, config in enumerate(self.configs):

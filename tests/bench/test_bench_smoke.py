@@ -13,8 +13,9 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-SCENARIOS = ("idle", "connect", "fanout", "fixed_rate", "personal", "publish")
+SCENARIOS = ("idle", "connect", "connect_auth", "fanout", "fixed_rate", "personal", "publish")
 TARGETS = ("reference", "gateway")
+CONNECT_AUTH_VARIANTS = {"Django": None, "Redis cache, other node": None, "JWT": None}
 PUBLISH_METHODS = {"reference": {"redis-publish"}, "gateway": {"publisher", "api", "ingest"}}
 
 
@@ -93,3 +94,9 @@ def test_smoke_run_loses_and_duplicates_nothing(smoke: dict[str, Any]) -> None:
         assert idle["rss_after_mib"] > idle["rss_before_mib"] > 0, (target, idle)
         connect = summary["connect"]["rows"][""]
         assert connect["connects_per_s"] > 0, (target, connect)
+        # every connection of every round authenticated: Django, the Redis cache, a local JWT
+        auth_rows = summary["connect_auth"]["rows"]
+        variants = {"": None} if target == "reference" else CONNECT_AUTH_VARIANTS
+        assert set(auth_rows) == set(variants), (target, auth_rows)
+        for variant, row in auth_rows.items():
+            assert row["connects_per_s"] > 0, (target, variant, row)
