@@ -20,6 +20,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from gateway.backend.base import Page
+from gateway.backend.leases import LeaseBusy
 from gateway.events import now_ms
 from gateway.httpauth import basic_password, bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
@@ -187,7 +188,10 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         return _json(await backend_call(api_status(node)))
 
     async def cleanup(request: web.Request) -> web.StreamResponse:
-        removed = await backend_call(node.backend.cleanup())
+        try:
+            removed = await backend_call(node.backend.cleanup())
+        except LeaseBusy:  # the worker's janitor is sweeping, for longer than we wait
+            return _json({"error": "busy", "message": "the janitor is sweeping; retry"}, 503)
         log.info("dashboard cleanup removed %s", removed)
         return _json({"removed": removed})
 

@@ -39,6 +39,11 @@ def is_valid_room(room: str) -> bool:
     )
 
 
+def is_broadcast_room(room: str) -> bool:
+    """A role-wide room (``all_clientes``, ``all_proveedores``): presence is a count only."""
+    return room in _ROLE_WIDE
+
+
 def check_access(identity: Identity, room: str) -> None:
     """Raise ``invalid_room`` for an unknown name, ``forbidden`` for a room the user may not join.
 

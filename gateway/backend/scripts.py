@@ -67,6 +67,7 @@ def load(name: str) -> LuaScript:
 
 PUBLISH = "publish"
 HISTORY = "history"
+NEW_EPOCH = "new_epoch"
 ROOM_COUNT = "room_count"
 MEMBERSHIP = "membership"
 AUTH_REVOKE = "auth_revoke"

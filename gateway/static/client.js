@@ -265,7 +265,9 @@ export class RoomTracker {
     }
     if (strict && c.epoch !== null) {
       const last = c.floor !== null ? c.floor : c.offset;
-      if (pos.epoch !== c.epoch || pos.offset > last + 1) return Verdict.RESYNC;
+      // At offset 0 nothing was seen: a room's first event (offset 1) is next in any epoch.
+      const first = last === 0 && pos.offset === 1;
+      if (!first && (pos.epoch !== c.epoch || pos.offset > last + 1)) return Verdict.RESYNC;
     }
     this._advance(c, event);
     return Verdict.DELIVER;
