@@ -1,19 +1,23 @@
 """Who a token belongs to, asked of the cheapest source that can answer:
 
 1. this node's memory (``local``): tokens verified here or fetched from Redis recently;
-2. a JWT we can verify (``jwt_verify``): its signature and claims, plus the user's revocation
-   mark in Redis (and Django's role for the user when the token has no role claim);
+2. a JWT we can verify (``jwt_verify``): its signature and claims, and the user's revocation
+   mark — known here from the control messages and a poll of Redis's list of recent
+   disconnects, read from Redis only while that poll is late — (and Django's role for the user
+   when the token has no role claim);
 3. the cluster-wide cache in Redis (``shared``), for any other token;
 4. Django's ``profile/``, whose answer is then cached in Redis and here.
 
 A Redis that fails is skipped for the cache (Django answers instead); a JWT's revocation mark
-cannot be skipped, so then the answer is ``auth_unavailable``. ``disconnect(user_id)`` reaches
-``forget_user`` on every node (the control message) and ``revoke`` on the node or publisher that
-was asked (Redis); a check that was in flight when its user was disconnected is done again.
+cannot be skipped, so with no recent poll and no Redis the answer is ``auth_unavailable``.
+``disconnect(user_id)`` reaches ``forget_user`` on every node (the control message) and
+``revoke`` on the node or publisher that was asked (Redis); a check that was in flight when its
+user was disconnected is done again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -25,7 +29,7 @@ import aiohttp
 from gateway.auth.jwt_verify import Claims, JwtVerifier, invalid
 from gateway.auth.local import LocalTokens, Verified
 from gateway.auth.revoke import now_ms
-from gateway.auth.shared import SharedTokens
+from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens
 from gateway.backend.keys import Keys
 from gateway.closecodes import AuthErrorCode
 from gateway.config import Settings
@@ -36,6 +40,9 @@ log = logging.getLogger("gateway.auth")
 
 # A control character cannot be in a header (CR/LF would be header injection): no such token.
 _NOT_A_TOKEN = re.compile(r"[\x00-\x1f\x7f]")
+# How often a node reads the list of recent disconnects; its marks stand for Redis's for a
+# JWT check while the last poll is under two periods old.
+POLL_S = 2.0
 _REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 try:
     from redis.exceptions import RedisError
@@ -68,6 +75,8 @@ class Authenticator:
         self.cache_s = settings.auth_cache_s
         self.local = LocalTokens(settings.auth_revocation_ttl_s)
         self.jwt = JwtVerifier.from_settings(settings, self._fetch)
+        self._polled_at: float | None = None  # monotonic time of the last complete poll
+        self._polled_to_ms = 0  # the latest mark seen by a poll
 
     @classmethod
     def for_backend(
@@ -106,6 +115,34 @@ class Authenticator:
                 return verified.identity
             log.debug("user %s was disconnected during a token check: checking again", user)
         raise _unavailable("authentication interrupted by a disconnect, retry")
+
+    async def follow_revocations(self) -> None:
+        """Run by the node: poll Redis's list of recent disconnects every ``POLL_S`` (the whole
+        list at first), so this node knows every user's mark and a JWT check needs no Redis
+        call. The control message still tells it at once; the poll covers one it missed."""
+        if self.shared is None:
+            return  # embedded: every disconnect is this process's own
+        task = asyncio.current_task()
+        while task is None or not task.cancelling():  # redis-py can swallow a cancel()
+            try:
+                await self._poll_revocations()
+            except _REDIS_ERRORS as exc:
+                log.debug("revocation poll failed: %s", type(exc).__name__)
+            await asyncio.sleep(POLL_S)
+
+    async def _poll_revocations(self) -> None:
+        assert self.shared is not None
+        started = time.monotonic()
+        since_ms = self._polled_to_ms - CLOCK_SLACK_MS if self._polled_to_ms else 0
+        for user_id, at in await self.shared.revocations_since(since_ms):
+            self.local.forget_user(user_id, at)
+            self._polled_to_ms = max(self._polled_to_ms, int(at * 1000))
+        self._polled_at = started
+
+    def _marks_known(self) -> bool:
+        """Whether this node's marks can stand for Redis's: polled recently and complete."""
+        fresh = self._polled_at is not None and time.monotonic() - self._polled_at < 2 * POLL_S + 1
+        return fresh and self.local.complete
 
     def forget_user(self, user_id: str) -> None:
         """The control message of ``disconnect(user_id)``: forget the user here."""
@@ -149,7 +186,7 @@ class Authenticator:
         assert self.jwt is not None
         started = time.time()
         claims = await self.jwt.verify(token, header)
-        mark, cached_role = await self._user_state(claims.user_id)
+        mark, cached_role = await self._user_state(claims.user_id, claims.role is None)
         if mark is not None and (claims.issued_at is None or claims.issued_at < mark):
             raise invalid("token revoked")
         expires_at = min(started + self.cache_s, claims.expires_at)
@@ -159,10 +196,12 @@ class Authenticator:
         self._count("jwt")
         return Verified(Identity(claims.user_id, role), started, expires_at)
 
-    async def _user_state(self, user_id: str) -> tuple[float | None, Verified | None]:
+    async def _user_state(
+        self, user_id: str, need_role: bool
+    ) -> tuple[float | None, Verified | None]:
         mark = self.local.revoked_at(user_id)
         role = self.local.role(user_id)
-        if self.shared is not None:
+        if self.shared is not None and not (self._marks_known() and (role or not need_role)):
             try:
                 shared_mark, shared_role = await self.shared.user_state(user_id)
             except _REDIS_ERRORS as exc:

@@ -41,6 +41,7 @@ class LocalTokens:
         self._by_user: dict[str, set[str]] = {}
         self._roles: dict[str, _Entry] = {}
         self._revoked: dict[str, float] = {}  # user -> wall time, oldest first
+        self.complete = True  # every mark within the revocation TTL is here
 
     # --- verified tokens ----------------------------------------------------------------------
     def get(self, key: str) -> Verified | None:
@@ -100,11 +101,14 @@ class LocalTokens:
 
     # --- revocation ---------------------------------------------------------------------------
     def forget_user(self, user_id: str, at: float) -> None:
-        """``disconnect(user_id)`` at wall time ``at``: drop what is cached for the user and
-        remember when, for checks that were in flight and for JWTs issued before."""
+        """``disconnect(user_id)`` at wall time ``at``: drop what was verified for the user
+        before it and remember when, for checks in flight and for JWTs issued before."""
         for key in list(self._by_user.get(user_id, ())):
-            self._drop(key)
-        self._roles.pop(user_id, None)
+            if self._tokens[key].verified.verified_at < at:
+                self._drop(key)
+        role = self._roles.get(user_id)
+        if role is not None and role.verified.verified_at < at:
+            del self._roles[user_id]
         at = max(at, self._revoked.pop(user_id, at))
         self._revoked[user_id] = at  # re-inserted: the map stays in time order
         self._expire_revocations()
@@ -127,4 +131,6 @@ class LocalTokens:
             user, at = next(iter(self._revoked.items()))
             if at > horizon and len(self._revoked) <= self.max_entries:
                 break
+            if at > horizon:
+                self.complete = False  # a mark still in force had to go: ask Redis from now on
             del self._revoked[user]

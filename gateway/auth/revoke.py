@@ -1,5 +1,6 @@
 """``disconnect(user_id)``'s part in Redis: mark when the user was disconnected (JWTs issued
-before it are refused) and forget the user's cached tokens and role, so a token Django has
+before it are refused; the mark goes on the user's key and on the list of recent disconnects
+that the nodes poll) and forget the user's cached tokens and role, so a token Django has
 revoked cannot come back from a cache. Run before the control message that closes the user's
 connections. Shared by the nodes (``POST /api/disconnect``) and the publishers: imports no
 aiohttp, and works with sync and asyncio redis clients alike.
@@ -42,19 +43,30 @@ def _entries(keys: Keys, hashes: list[Any]) -> list[str]:
     return [keys.auth_token(h.decode() if isinstance(h, bytes) else str(h)) for h in hashes]
 
 
+def _record(pipe: Any, keys: Keys, user_id: str, at_ms: int, ttl_s: int) -> Any:
+    """The cluster-wide list of recent disconnects that the nodes poll (its own slot)."""
+    pipe.zadd(keys.auth_revocations, {user_id: at_ms}, gt=True)
+    pipe.zremrangebyscore(keys.auth_revocations, "-inf", f"({at_ms - ttl_s * 1000}")
+    return pipe
+
+
 def revoke_sync(
     client: Any, keys: Keys, user_id: str, ttl_s: int, at_ms: int | None = None
 ) -> None:
+    at_ms = at_ms or now_ms()
     script = scripts.load(scripts.AUTH_REVOKE)
-    hashes = script.run_sync(client, *_call(keys, user_id, at_ms or now_ms(), ttl_s))
+    hashes = script.run_sync(client, *_call(keys, user_id, at_ms, ttl_s))
     if hashes:
         client.delete(*_entries(keys, hashes))  # split by slot on a cluster
+    _record(client.pipeline(transaction=False), keys, user_id, at_ms, ttl_s).execute()
 
 
 async def revoke_async(
     client: Any, keys: Keys, user_id: str, ttl_s: int, at_ms: int | None = None
 ) -> None:
+    at_ms = at_ms or now_ms()
     script = scripts.load(scripts.AUTH_REVOKE)
-    hashes = await script.run(client, *_call(keys, user_id, at_ms or now_ms(), ttl_s))
+    hashes = await script.run(client, *_call(keys, user_id, at_ms, ttl_s))
     if hashes:
         await client.delete(*_entries(keys, hashes))
+    await _record(client.pipeline(transaction=False), keys, user_id, at_ms, ttl_s).execute()

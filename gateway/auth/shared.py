@@ -106,9 +106,20 @@ class SharedTokens:
         if self._voids(mark, verified):
             await self._client().delete(keys.auth_user_role(user))
 
+    async def revocations_since(self, since_ms: int) -> list[tuple[str, float]]:
+        """(user, wall s) of the disconnects marked at or after ``since_ms``."""
+        raw = await self._client().zrangebyscore(
+            self.keys.auth_revocations, since_ms, "+inf", withscores=True
+        )
+        return [(_text(user), score / 1000) for user, score in raw]
+
     async def revoke(self, user_id: str, at_ms: int) -> None:
         await revoke_async(self._client(), self.keys, user_id, self.revocation_ttl_s, at_ms)
 
     @staticmethod
     def _voids(mark: Any, verified: Verified) -> bool:
         return mark is not None and int(mark) >= _ms(verified.verified_at) - CLOCK_SLACK_MS
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

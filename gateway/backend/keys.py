@@ -160,6 +160,13 @@ class Keys:
         refused. EX ``GATEWAY_AUTH_REVOCATION_TTL_S``."""
         return f"{self.auth_cache_prefix}user:{{{user_id}}}:revoked"
 
+    @property
+    def auth_revocations(self) -> str:
+        """zset userId -> epoch ms of the user's last ``disconnect``, trimmed to
+        ``GATEWAY_AUTH_REVOCATION_TTL_S``: nodes poll it, so a JWT check needs no Redis call.
+        Its own slot: written only on disconnect, read every few seconds by each node."""
+        return f"{self.auth_cache_prefix}{{revocations}}"
+
     def auth_user_role(self, user_id: str) -> str:
         """string: the user's role as Django's profile answered it, for JWTs without a role
         claim; PX ``GATEWAY_AUTH_CACHE_S``."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.auth.jwks import MIN_REFRESH_S
 from tests.support import DjangoSite, RedisServer
@@ -316,3 +317,44 @@ async def test_no_token_in_any_log_line_nor_in_redis(
     admin.close()
     for piece in pieces:
         assert piece.encode() not in stored, piece
+
+
+def commandstats(redis_server: RedisServer) -> dict[str, int]:
+    admin = redis_server.client()
+    stats = admin.info("commandstats")
+    admin.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_a_jwt_check_asks_redis_nothing_and_a_missed_disconnect_is_polled(
+    redis_server: RedisServer,
+    make_node: Any,
+    http: Any,
+    django_site: DjangoSite,
+    keys: dict[str, Any],
+) -> None:
+    """Nodes poll Redis's list of recent disconnects, so a JWT check reads no Redis key; a
+    disconnect whose control message a node never got (only its Redis part ran here) still
+    reaches it through the poll."""
+    from gateway.auth.revoke import revoke_async
+    from gateway.backend.keys import Keys
+
+    node = await make_node(redis_server.url, jwt_secret=keys["secret"])
+    tokens = [await django_site.ajwt(90 + i, role="cliente") for i in range(5)]
+    assert await outcome(node, http, tokens[0]) == ("auth_success", "90/cliente")
+    await asyncio.sleep(0.1)  # the node's first poll, started with it, is done by now
+    before = commandstats(redis_server)
+    for i, token in enumerate(tokens[1:], start=91):
+        assert await outcome(node, http, token) == ("auth_success", f"{i}/cliente")
+    after = commandstats(redis_server)
+    assert after.get("mget", 0) == before.get("mget", 0)
+    assert after.get("get", 0) == before.get("get", 0)
+    # the Redis part of disconnect(91) only: no control message reaches the node
+    client = aioredis.from_url(redis_server.url)
+    await revoke_async(client, Keys("gateway"), "91", 3600)
+    await client.aclose()
+    deadline = time.monotonic() + 15
+    while await outcome(node, http, tokens[1]) != ("auth_error", "invalid_token"):
+        assert time.monotonic() < deadline, "the poll never brought the disconnect"
+        await asyncio.sleep(0.2)
+    assert await outcome(node, http, tokens[2]) == ("auth_success", "92/cliente")
