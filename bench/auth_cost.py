@@ -4,8 +4,8 @@ against a real redis-server and the Django test site, in this process.
     python bench/auth_cost.py [--checks 2000]
 
 For each source — this node's memory, the cluster-wide Redis cache (a token another node
-verified), a JWT verified here (HS256, RS256, ES256; plus the user's revocation mark read from
-Redis), Django's ``profile/`` — it runs N checks one after the other and prints the CPU of this
+verified), a JWT verified here (HS256, RS256, ES256; the revocation marks are polled, so no
+Redis call), Django's ``profile/`` — it runs N checks one after the other and prints the CPU of this
 process (the node's share), of redis-server and of the Django site per check, and the wall
 time per check. The rest of a connect (upgrade, session, rooms, join) is the same for every
 source; ``bench/run.py --scenarios connect_auth`` measures whole connects.
@@ -72,6 +72,8 @@ async def run(checks: int) -> list[dict[str, Any]]:
             await django.start()
             nodes.append(Authenticator.for_backend(settings, backend, django))
         a, b = nodes
+        polls = [asyncio.create_task(node.follow_revocations()) for node in nodes]
+        await asyncio.sleep(0.2)  # the first poll: JWT checks then read no Redis key
         pids = {"redis": redis.pid, "django": site.pid}
         users = range(100_000, 100_000 + checks)
         tokens = [f"cliente-{i}" for i in users]
@@ -84,6 +86,8 @@ async def run(checks: int) -> list[dict[str, Any]]:
             rows.append(
                 await measure(f"JWT {alg}", [lambda t=t: a.verify(t) for t in jwts[1:]], pids)
             )
+        for task in polls:
+            task.cancel()
         for node in nodes:
             await node.django.close()
         await backend.client.aclose()
