@@ -95,7 +95,11 @@ class Authenticator:
 
     # --- asked by the node --------------------------------------------------------------------
     def cached(self, token: str) -> bool:
-        """Whether ``verify(token)`` would be answered from this node's memory."""
+        """Whether ``verify(token)`` should answer without waiting on Django or Redis: the
+        token is in this node's memory, or it looks like a JWT and the revocation marks are
+        known here (the ``/ws`` fast path then sends its 101 with the answer, in one write)."""
+        if self.jwt is not None and token.count(".") == 2 and self._marks_known():
+            return True
         return self.local.get(token_hash(token)) is not None
 
     async def verify(self, token: str) -> Identity:
@@ -140,7 +144,10 @@ class Authenticator:
         self._polled_at = started
 
     def _marks_known(self) -> bool:
-        """Whether this node's marks can stand for Redis's: polled recently and complete."""
+        """Whether this node's marks can stand for Redis's: polled recently and complete (in
+        embedded mode they are this process's own)."""
+        if self.shared is None:
+            return True
         fresh = self._polled_at is not None and time.monotonic() - self._polled_at < 2 * POLL_S + 1
         return fresh and self.local.complete
 
