@@ -8,8 +8,9 @@ what a change to the connect path bought. It starts Redis (and for the gateway t
 site) and one server under callgrind, makes a warm-up round of connections (tokens cached,
 personal rooms subscribed: the bench's reconnect storm), then counts only the second round's
 connect + authenticate + join, 10 handshakes in flight. The kernel's share (system calls) is
-not counted: callgrind sees user space only. ``--tokens redis|jwt`` measures a connect whose
-token the node has not seen: cached in Redis by another node, or a JWT it verifies itself.
+not counted: callgrind sees user space only. ``--tokens redis|jwt|django`` measures a connect
+whose token the node has not seen: cached in Redis by another node, a JWT it verifies itself,
+or a token Django verifies (Django's own work is not counted: another process).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument(
         "--tokens",
-        choices=("memory", "redis", "jwt"),
+        choices=("memory", "redis", "jwt", "django"),
         default="memory",
         help="gateway: the measured round's tokens come from the node's memory (a warm "
-        "reconnect), from the Redis cache (verified by another node in the warm-up), or are "
-        "fresh HS256 JWTs (the warm-up uses other JWT users)",
+        "reconnect), from the Redis cache (verified by another node in the warm-up), are "
+        "fresh HS256 JWTs, or fresh tokens Django verifies (the warm-up uses other users)",
     )
     args = parser.parse_args()
     jwt_secret = "callgrind-connect-jwt-secret-0123456789abcdef"
@@ -102,12 +103,13 @@ def main() -> int:
             )
 
         # the warm-up: the same users (memory), the same users on another node (redis), or
-        # other JWT users (jwt): the server's heap and code paths are warm in every case
+        # other users (jwt, django): the server's heap and code paths are warm in every case
         warm_urls = _other_node(work, env, started) if args.tokens == "redis" else urls
         with loadgen(5000, warm_urls) as warm:
             warm.start(timeout_s=600)
         time.sleep(3 + args.connections / 25)  # its closes are done (valgrind is slow)
-        with loadgen(5000 + (args.connections if jwt else 0), urls) as measured:
+        fresh = args.tokens in ("jwt", "django")
+        with loadgen(5000 + (args.connections if fresh else 0), urls) as measured:
             _control("-z", server.pid)  # zero the counters
             report = measured.start(timeout_s=600)
             _control("-d", server.pid)  # dump them

@@ -90,6 +90,7 @@ class Authenticator:
                 Keys(settings.redis_prefix),
                 cache_s=settings.auth_cache_s,
                 revocation_ttl_s=settings.auth_revocation_ttl_s,
+                cluster=settings.cluster_mode,
             )
         return cls(settings, django, shared, metrics)
 

@@ -9,8 +9,9 @@ after writing, the node reads the user's revocation mark and deletes its entry a
 mark is not older than the check. Either the disconnect's script saw the hash in the set (and
 deleted the entry), or the node's read comes after the mark: the entry cannot survive both.
 
-A hit costs one ``GET``; a miss that Django answers costs ``SET`` + (``SADD``, ``PEXPIRE``,
-``GET``) in a second round trip (the user's keys share a slot, the token's is elsewhere).
+A hit costs one ``GET``; a miss that Django answers costs ``SET``, ``SADD``, ``PEXPIRE``,
+``GET`` in one pipeline (on a Redis Cluster in two round trips: the token's key and the user's
+keys are on different masters, and the entry must exist before the set names it).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ class SharedTokens:
         *,
         cache_s: float,
         revocation_ttl_s: int,
+        cluster: bool = False,
     ) -> None:
         self._client = client  # the backend's client, looked up at each use
         self.keys = keys
+        self.cluster = cluster
         self.cache_s = cache_s
         self.revocation_ttl_s = revocation_ttl_s
 
@@ -72,12 +75,15 @@ class SharedTokens:
         entry = orjson.dumps(
             {"u": identity.user_id, "r": identity.role, "t": _ms(verified.verified_at)}
         )
-        await client.set(keys.auth_token(token_hash), entry, px=ttl_ms)
         pipe = client.pipeline(transaction=False)
+        if self.cluster:  # another master: the entry must exist before the user's set names it
+            await client.set(keys.auth_token(token_hash), entry, px=ttl_ms)
+        else:  # one connection: Redis runs the pipeline's commands in order
+            pipe.set(keys.auth_token(token_hash), entry, px=ttl_ms)
         pipe.sadd(keys.auth_user_tokens(identity.user_id), token_hash)
         pipe.pexpire(keys.auth_user_tokens(identity.user_id), _ms(self.cache_s))
         pipe.get(keys.auth_user_revoked(identity.user_id))
-        mark = (await pipe.execute())[2]
+        mark = (await pipe.execute())[-1]
         if self._voids(mark, verified):
             await client.delete(keys.auth_token(token_hash))
 
