@@ -46,18 +46,22 @@ class JwtState:
     jwks_mode: str = "ok"  # "ok" or "fail" (503)
     jwks_calls: int = 0
     roles: dict[str, str] = field(default_factory=dict)  # role of users whose tokens carry none
+    unpublished: set[str] = field(default_factory=set)  # kids that sign but are not in the JWKS
 
     def reset(self) -> None:
         with self.lock:
             self.rsa = dict(list(self.rsa.items())[:1])
             self.jwks_mode, self.jwks_calls, self.roles = "ok", 0, {}
+            self.unpublished = set()
 
-    def rotate(self, retire: bool) -> str:
+    def rotate(self, publish: bool) -> str:
+        """A new RSA key that signs from now on; in the JWKS at once, or after ``publish``."""
+        key = _new_rsa()  # slow: outside the lock
         with self.lock:
             kid = f"rsa-{len(self.rsa) + 1}"
-            if retire:
-                self.rsa.clear()
-            self.rsa[kid] = _new_rsa()
+            self.rsa[kid] = key
+            if not publish:
+                self.unpublished.add(kid)
             return kid
 
     def describe(self) -> dict[str, Any]:
@@ -75,7 +79,7 @@ class JwtState:
             self.jwks_calls += 1
             if self.jwks_mode != "ok":
                 return None
-            keys = [(kid, k, "RS256") for kid, k in self.rsa.items()]
+            keys = [(kid, k, "RS256") for kid, k in self.rsa.items() if kid not in self.unpublished]
             keys += [(kid, k, "ES256") for kid, k in self.ec.items()]
         result = []
         for kid, key, alg in keys:

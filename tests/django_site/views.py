@@ -183,9 +183,10 @@ def jwks(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def control_jwt(request: HttpRequest) -> HttpResponse:
     """GET: the keys and the JWKS call count. POST ``{"action": ...}``: ``issue`` (options of
-    ``jwt_tokens.issue``) -> ``{"token"}``; ``rotate`` (``retire``: drop the old RSA keys) ->
-    ``{"kid"}``; ``jwks`` with ``mode`` ``ok``/``fail``; ``role`` with ``userId``, ``role``
-    (the profile answer for tokens without a role claim). ``reset`` of /control/ resets it."""
+    ``jwt_tokens.issue``) -> ``{"token"}``; ``rotate`` -> ``{"kid"}`` of a new RSA key
+    (``publish``: false keeps it out of the JWKS until ``publish`` with its ``kid``); ``jwks``
+    with ``mode`` ``ok``/``fail``; ``role`` with ``userId``, ``role`` (the profile answer for
+    tokens without a role claim). ``reset`` of /control/ resets it."""
     if request.method == "GET":
         return JsonResponse(jwt_tokens.JWT.describe())
     try:
@@ -194,9 +195,11 @@ def control_jwt(request: HttpRequest) -> HttpResponse:
         if action == "issue":
             return JsonResponse({"token": jwt_tokens.issue(body)})
         if action == "rotate":
-            return JsonResponse({"kid": jwt_tokens.JWT.rotate(bool(body.get("retire")))})
+            return JsonResponse({"kid": jwt_tokens.JWT.rotate(body.get("publish", True) is True)})
         with jwt_tokens.JWT.lock:
-            if action == "jwks":
+            if action == "publish":
+                jwt_tokens.JWT.unpublished.discard(str(body["kid"]))
+            elif action == "jwks":
                 jwt_tokens.JWT.jwks_mode = str(body["mode"])
             elif action == "role":
                 jwt_tokens.JWT.roles[str(body["userId"])] = str(body["role"])

@@ -121,8 +121,9 @@ class DjangoSite(ManagedProcess):
         return str(answer["token"])
 
     async def ajwt_control(self, **body: Any) -> dict[str, Any]:
-        """POST ``/control/jwt/``: ``action`` ``issue``, ``rotate`` (``retire``), ``jwks``
-        (``mode`` ``ok``/``fail``) or ``role`` (``userId``, ``role``)."""
+        """POST ``/control/jwt/``: ``action`` ``issue``, ``rotate`` (``publish``: false keeps
+        the new key out of the JWKS), ``publish`` (``kid``), ``jwks`` (``mode`` ``ok``/``fail``)
+        or ``role`` (``userId``, ``role``)."""
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"{self.root_url}control/jwt/", json=body) as response,
