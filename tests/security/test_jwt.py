@@ -169,8 +169,8 @@ async def test_jwks_rotation_rate_limit_and_url_down(
         f"{b64(json.dumps({'alg': 'RS256', 'kid': f'x{i}'}).encode())}.{signed}" for i in range(3)
     ]
     node = await make_node(jwt_jwks_url=django_site.jwks_url)
+    fetched = time.monotonic()  # the node fetches after this: its windows end no earlier
     assert await outcome(node, http, old) == ("auth_success", "31/cliente")
-    fetched = time.monotonic()
     assert await outcome(node, http, es) == ("auth_success", "32/cliente")
     # the issuer publishes its new key, and its JWKS URL goes down
     await django_site.ajwt_control(action="publish", kid=kid)
