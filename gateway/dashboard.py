@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
+from gateway import dashboard_presence as presence
 from gateway.backend.base import Page
 from gateway.backend.leases import LeaseBusy
 from gateway.events import now_ms
 from gateway.httpauth import basic_password, bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
+from gateway.ws import from_trusted_proxy
 
 log = logging.getLogger("gateway.dashboard")
 
@@ -78,6 +80,7 @@ async def cluster_stats(node: Node) -> dict[str, Any]:
     series = await node.backend.events_per_minute(now)
     fraction = (now % 60000) / 60000
     per_minute = series[-1] + math.ceil(series[-2] * (1 - fraction))
+    online_users = await presence.online_count(node)
     rooms = await node.backend.list_rooms(1, None)
     return {
         "connections": {"total": total, "byRole": by_role},
@@ -99,6 +102,7 @@ async def cluster_stats(node: Node) -> dict[str, Any]:
         "eventsPerMinute": per_minute,
         "eventsPerMinuteSeries": series,
         "avgConnectionSeconds": round(age_sum / total, 2) if total else 0.0,
+        "onlineUsers": online_users,
     }
 
 
@@ -109,15 +113,40 @@ async def api_status(node: Node) -> dict[str, Any]:
     return {"django": node.django.probe.as_dict(), "nodes": per_node}
 
 
-def feed_origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+def feed_origin_allowed(request: web.Request, allowed: list[str], trusted: list[str]) -> bool:
     """The feed rides on the browser's Basic login, which a foreign page's WebSocket would carry
-    too (cross-site WebSocket hijacking): only the dashboard's own host or an allowed origin may
-    open it. No Origin header: not a browser."""
+    too (cross-site WebSocket hijacking): only the dashboard's own origin (scheme, host and
+    port, as the request reached us) or an allowed origin may open it. No Origin header: not a
+    browser. Another scheme or port on the same host is another origin (another application)."""
     origin = request.headers.get("Origin")
     if origin is None or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
         return True
-    host = urlsplit(origin).hostname
-    return host is not None and host == (request.url.host or "").lower()
+    own = _origin_key(f"{_scheme_of(request, trusted)}://{request.host}")
+    return own is not None and _origin_key(origin) == own
+
+
+def _scheme_of(request: web.Request, trusted: list[str]) -> str:
+    """``http``, or what a trusted proxy that terminates TLS says in X-Forwarded-Proto."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if forwarded in ("http", "https") and from_trusted_proxy(request, trusted):
+        return forwarded
+    return request.scheme
+
+
+def _origin_key(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the default port filled in; None if malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) -> None:
@@ -182,7 +211,12 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         page = await backend_call(
             node.backend.recent_events(_limit(request), request.query.get("cursor"))
         )
-        return _json(_page("events", page))
+        items = await backend_call(presence.with_receipts(node, page.items))
+        return _json(_page("events", Page(items, page.total, page.next_cursor)))
+
+    async def online(request: web.Request) -> web.StreamResponse:
+        cursor = request.query.get("cursor")
+        return _json(await backend_call(presence.online_page(node, _limit(request), cursor)))
 
     async def status(request: web.Request) -> web.StreamResponse:
         return _json(await backend_call(api_status(node)))
@@ -196,7 +230,8 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         return _json({"removed": removed})
 
     async def feed(request: web.Request) -> web.StreamResponse:
-        if not feed_origin_allowed(request, node.settings.allowed_origins):
+        settings = node.settings
+        if not feed_origin_allowed(request, settings.allowed_origins, settings.trusted_proxies):
             return _json({"error": "origin not allowed"}, status=403)
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)
@@ -218,6 +253,7 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
     app.router.add_get("/dashboard/rooms", guarded(rooms))
     app.router.add_get("/dashboard/events", guarded(events))
     app.router.add_get("/dashboard/api-status", guarded(status))
+    app.router.add_get("/dashboard/online", guarded(online))
     app.router.add_get("/dashboard/feed", guarded(feed))
     app.router.add_post("/dashboard/cleanup", guarded(cleanup, post=True))
 
@@ -226,6 +262,7 @@ async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
     """Stats every 2 s and each new event of the cluster's event log, newest last."""
     last_event_key: tuple[int, str] | None = None
     next_stats = 0.0
+    tracker = presence.ReceiptTracker()
     while not ws.closed:
         try:
             if time.monotonic() >= next_stats:
@@ -244,6 +281,10 @@ async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
                 last_event_key = max(
                     last_event_key or (0, ""), (int(top["ts"]), str(top["id"]) + str(top["room"]))
                 )
+            fresh = await presence.with_receipts(node, fresh)
+            for update in await tracker.changes(node):  # receipts of events already sent
+                await ws.send_str(orjson.dumps({"type": "receipts", "data": update}).decode())
+            tracker.track(list(reversed(fresh)))
             for item in reversed(fresh):
                 await ws.send_str(orjson.dumps({"type": "event", "data": item}).decode())
         except BACKEND_ERRORS as exc:

@@ -53,6 +53,7 @@ def build_calls(
     sharded: bool,
     event_id: str | None = None,
     idempotency_key: str | None = None,
+    receipts: bool = False,
 ) -> tuple[str, list[PublishCall]]:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
@@ -67,7 +68,7 @@ def build_calls(
     record_inline = "0" if sharded else "1"
     calls = []
     for room in rooms:
-        body = build_body(room, type_, payload_json, event_id, ts, source)
+        body = build_body(room, type_, payload_json, event_id, ts, source, receipts)
         dedupe = (
             keys.room_idempotency(room, idempotency_key)
             if idempotency_key
@@ -97,6 +98,8 @@ def build_calls(
             source,
             room,
         ]
+        if receipts:  # appended: publishes without receipts pass exactly what they did
+            args += [policy.ttl_s, keys.receipts(room, event_id)]
         if sharded:
             call_keys = call_keys[:3]
         calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source)))

@@ -18,7 +18,7 @@ from gateway.node import Node
 from gateway.protocol import ProtocolError
 from gateway.session import Session
 from gateway.socketio.transport import SioTransport, SocketIOOptions, socketio_handler
-from gateway.ws import client_ip, refuse
+from gateway.ws import admit_ip, client_ip, refuse
 
 PATHS = ("/socket.io/", "/socket.io")  # socket.io-client asks for the first
 
@@ -58,11 +58,15 @@ def _open(node: Node, request: web.Request, transport: SioTransport) -> NodePort
     return NodePort(node, node.open_session(transport, ip))
 
 
+async def _refuse(node: Node, request: web.Request) -> web.StreamResponse | None:
+    return refuse(node, request) or await admit_ip(node, request)
+
+
 def add_routes(app: web.Application, node: Node) -> None:
     handler = socketio_handler(
         partial(_open, node),
         SocketIOOptions.from_settings(node.settings),
-        refuse=partial(refuse, node),
+        refuse=partial(_refuse, node),
     )
     for path in PATHS:
         app.router.add_route("*", path, handler)

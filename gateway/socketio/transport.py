@@ -17,6 +17,7 @@ that id becomes the acknowledgement ``43<n>[...]`` (see ``codec.encode_reply``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from gateway.closecodes import CloseCode
 from gateway.socketio.codec import (
@@ -49,6 +50,7 @@ from gateway.socketio.codec import (
     encode_reply,
 )
 from gateway.wsframes import ServerClose, ws_frame
+from gateway.wstakeover import MessageStream, Upgraded, take_over
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -119,7 +121,10 @@ class SessionOpener(Protocol):
     def __call__(self, request: web.Request, transport: SioTransport) -> SessionPort: ...
 
 
-Refuser = Callable[[web.Request], "web.StreamResponse | None"]
+# may return an awaitable (the cluster-wide per-IP cap asks Redis)
+Refuser = Callable[
+    [web.Request], "web.StreamResponse | Awaitable[web.StreamResponse | None] | None"
+]
 
 
 class _Publication(Protocol):
@@ -156,7 +161,7 @@ class SioTransport:
         return ws_frame(encode_event("event", pub.event_data()))
 
     def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
+        if self.closer is None and not self._transport.is_closing():
             self._transport.write(data)
 
     def buffer_size(self) -> int:
@@ -196,11 +201,25 @@ class SioTransport:
             self.closer.abort()  # and its timer
 
     def closed_by_error(self, code: int, reason: str) -> None:
-        """aiohttp has closed the socket itself (a message over ``max_payload``: 1009)."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
-        self._closing = True
+        """The client broke the WebSocket protocol (gateway.wsframes.FrameReader: 1002, 1007,
+        1008 for unread pongs, 1009): our close frame is the last thing sent and the write side
+        ends at once (``ServerClose.end_writing``)."""
+        log.info("socket.io connection %s broke the protocol: %s", self.sid or "-", reason)
+        self.close(code, reason)
+        assert self.closer is not None
+        self.closer.end_writing()
+
+    def end(self) -> None:
+        """The connection is done on our side: end TCP after what is written (the client
+        half-closed, or its close handshake is under way; ``ServerClose`` bounds the wait)."""
+        if self.closer is None:
+            self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
+        self.closer.peer_gone()
+
+    @property
+    def peer_code(self) -> int | None:
+        """The code of the client's close frame, if one came."""
+        return self.closer.peer_code if self.closer is not None else None
 
     def peer_closed(self, code: int | None) -> None:
         """The client's close frame: answer it (or end our own close) and end the connection."""
@@ -231,7 +250,7 @@ class _Connection:
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: MessageStream,
         transport: SioTransport,
         port: SessionPort,
         options: SocketIOOptions,
@@ -256,15 +275,19 @@ class _Connection:
         )
         heartbeat = asyncio.create_task(self._heartbeat())
         worker = asyncio.create_task(self._work())
+        half_closed = False
         try:
-            await self._read_loop()
+            half_closed = await self._read_loop()
         finally:
             heartbeat.cancel()
-            # Drop what the core has not started; let the call in progress finish (a business
-            # event Django has accepted must still be delivered to its rooms).
-            while not self._inbox.empty():
-                self._inbox.get_nowait()
-            self._inbox.put_nowait(None)
+            if half_closed:  # the client still reads: answer everything it sent
+                await self._inbox.put(None)
+            else:
+                # Drop what the core has not started; let the call in progress finish (a
+                # business event Django has accepted must still be delivered to its rooms).
+                while not self._inbox.empty():
+                    self._inbox.get_nowait()
+                self._inbox.put_nowait(None)
             await worker
 
     async def _work(self) -> None:
@@ -275,7 +298,8 @@ class _Connection:
                 log.exception("socket.io connection %s: packet handling failed", self.transport.sid)
                 self.transport.close(1011, "internal error")
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self) -> bool:
+        """Until the connection ends; True when the client half-closed (it still reads)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.connect_timeout_s
         while True:
@@ -296,11 +320,11 @@ class _Connection:
                 await self._on_binary()
             elif msg.type is WSMsgType.CLOSE:
                 self.transport.peer_closed(msg.data)
-                return
-            else:  # CLOSING, CLOSED or ERROR: aiohttp has ended the connection itself
-                if isinstance(msg.data, WebSocketError):  # e.g. 1009, which aiohttp has sent
-                    self.transport.closed_by_error(int(msg.data.code), str(msg.data))
-                return
+                return False
+            elif msg.type is WSMsgType.ERROR:  # a protocol violation: close, read on
+                self.transport.closed_by_error(int(msg.data.code), str(msg.data))
+            else:  # CLOSING: the client half-closed (HALF_CLOSED); CLOSED: the connection is gone
+                return msg.type is WSMsgType.CLOSING and not self.transport.closing
 
     async def _heartbeat(self) -> None:
         """Engine.IO 4: the server pings every ``pingInterval`` and expects a pong within
@@ -430,21 +454,27 @@ def socketio_handler(
                 status=error.status, body=error.body(), content_type="application/json"
             )
         if refuse is not None:
-            refused = refuse(request)
+            answer = refuse(request)
+            refused = await answer if inspect.isawaitable(answer) else answer
             if refused is not None:
                 return refused
-        await ws.prepare(request)
+        # the frames are read by the gateway's own reader, with the bounds of /ws
+        stream = MessageStream(options.max_payload, options.ping_timeout_s / 2)
+        early = take_over(request, stream)
         raw_transport = request.transport
         assert raw_transport is not None  # set for a request that was just upgraded
         transport = SioTransport(ws, raw_transport)
+        stream.writer = transport
+        if early:
+            stream.data_received(early)
         port = open_session(request, transport)
         try:
-            await _Connection(ws, transport, port, options).run()
+            await _Connection(stream, transport, port, options).run()
         finally:
-            code = transport.close_code or ws.close_code or ABNORMAL_CLOSURE
+            code = transport.close_code or transport.peer_code or ABNORMAL_CLOSURE
             await port.closed(int(code))
-            if not ws.closed:
-                await ws.close()
-        return ws
+            transport.end()
+            await stream.wait_closed()
+        return Upgraded()
 
     return handler
