@@ -30,6 +30,7 @@ from gateway.auth.jwt_verify import Claims, JwtVerifier, invalid
 from gateway.auth.local import LocalTokens, Verified
 from gateway.auth.revoke import now_ms
 from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens
+from gateway.backend.batch import make_batcher
 from gateway.backend.keys import Keys
 from gateway.closecodes import AuthErrorCode
 from gateway.config import Settings
@@ -91,6 +92,10 @@ class Authenticator:
                 cache_s=settings.auth_cache_s,
                 revocation_ttl_s=settings.auth_revocation_ttl_s,
                 cluster=settings.cluster_mode,
+                # a group commit of its own; a Cluster's keys are on several masters: redis-py
+                batch=None
+                if settings.cluster_mode
+                else make_batcher(backend.client, settings.django_timeout),
             )
         return cls(settings, django, shared, metrics)
 
@@ -128,12 +133,15 @@ class Authenticator:
         if self.shared is None:
             return  # embedded: every disconnect is this process's own
         task = asyncio.current_task()
-        while task is None or not task.cancelling():  # redis-py can swallow a cancel()
-            try:
-                await self._poll_revocations()
-            except _REDIS_ERRORS as exc:
-                log.debug("revocation poll failed: %s", type(exc).__name__)
-            await asyncio.sleep(POLL_S)
+        try:
+            while task is None or not task.cancelling():  # redis-py can swallow a cancel()
+                try:
+                    await self._poll_revocations()
+                except _REDIS_ERRORS as exc:
+                    log.debug("revocation poll failed: %s", type(exc).__name__)
+                await asyncio.sleep(POLL_S)
+        finally:  # the node stops: the cache's own connection goes with this task
+            await self.shared.aclose()
 
     async def _poll_revocations(self) -> None:
         assert self.shared is not None

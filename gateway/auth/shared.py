@@ -10,8 +10,9 @@ mark is not older than the check. Either the disconnect's script saw the hash in
 deleted the entry), or the node's read comes after the mark: the entry cannot survive both.
 
 A hit costs one ``GET``; a miss that Django answers costs ``SET``, ``SADD``, ``PEXPIRE``,
-``GET`` in one pipeline (on a Redis Cluster in two round trips: the token's key and the user's
-keys are on different masters, and the entry must exist before the set names it).
+``GET`` in one round trip (on a Redis Cluster in two: the token's key and the user's keys are on
+different masters, and the entry must exist before the set names it). They go through a group
+commit of their own (``gateway.backend.batch``), so the checks of a storm share round trips.
 """
 
 from __future__ import annotations
@@ -44,15 +45,31 @@ class SharedTokens:
         cache_s: float,
         revocation_ttl_s: int,
         cluster: bool = False,
+        batch: Any = None,
     ) -> None:
         self._client = client  # the backend's client, looked up at each use
+        self._batch = batch  # a gateway.backend.batch group commit, or None
         self.keys = keys
         self.cluster = cluster
         self.cache_s = cache_s
         self.revocation_ttl_s = revocation_ttl_s
 
+    async def _run(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Commands in one round trip: through the group commit when there is one (a storm's
+        checks share round trips, and no redis-py objects per command), else a pipeline."""
+        if self._batch is not None:
+            results: list[Any] = await self._batch.run(
+                lambda buf: [buf.execute_command(*c) for c in commands]
+            )
+            return results
+        pipe = self._client().pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        results = await pipe.execute()
+        return results
+
     async def get(self, token_hash: str) -> Verified | None:
-        raw = await self._client().get(self.keys.auth_token(token_hash))
+        [raw] = await self._run(("GET", self.keys.auth_token(token_hash)))
         return None if raw is None else self._parse(raw)
 
     def _parse(self, raw: bytes) -> Verified | None:
@@ -67,31 +84,32 @@ class SharedTokens:
         return Verified(Identity(user, role), at, at + self.cache_s)
 
     async def put(self, token_hash: str, verified: Verified) -> None:
-        client, keys = self._client(), self.keys
-        identity = verified.identity
+        keys, user = self.keys, verified.identity.user_id
         ttl_ms = _ms(verified.expires_at - verified.verified_at)
         if ttl_ms <= 0:
             return
         entry = orjson.dumps(
-            {"u": identity.user_id, "r": identity.role, "t": _ms(verified.verified_at)}
+            {"u": user, "r": verified.identity.role, "t": _ms(verified.verified_at)}
         )
-        pipe = client.pipeline(transaction=False)
+        store = ("SET", keys.auth_token(token_hash), entry, "PX", ttl_ms)
+        name = (
+            ("SADD", keys.auth_user_tokens(user), token_hash),
+            ("PEXPIRE", keys.auth_user_tokens(user), _ms(self.cache_s)),
+            ("GET", keys.auth_user_revoked(user)),
+        )
         if self.cluster:  # another master: the entry must exist before the user's set names it
-            await client.set(keys.auth_token(token_hash), entry, px=ttl_ms)
-        else:  # one connection: Redis runs the pipeline's commands in order
-            pipe.set(keys.auth_token(token_hash), entry, px=ttl_ms)
-        pipe.sadd(keys.auth_user_tokens(identity.user_id), token_hash)
-        pipe.pexpire(keys.auth_user_tokens(identity.user_id), _ms(self.cache_s))
-        pipe.get(keys.auth_user_revoked(identity.user_id))
-        mark = (await pipe.execute())[-1]
+            await self._run(store)
+            mark = (await self._run(*name))[-1]
+        else:  # one connection: Redis runs the commands in order
+            mark = (await self._run(store, *name))[-1]
         if self._voids(mark, verified):
-            await client.delete(keys.auth_token(token_hash))
+            await self._client().delete(keys.auth_token(token_hash))
 
     async def user_state(self, user_id: str) -> tuple[float | None, Verified | None]:
         """The user's last disconnect (wall s) and Django's cached role, in one ``MGET``."""
         keys = self.keys
-        raw = await self._client().mget(
-            keys.auth_user_revoked(user_id), keys.auth_user_role(user_id)
+        [raw] = await self._run(
+            ("MGET", keys.auth_user_revoked(user_id), keys.auth_user_role(user_id))
         )
         mark = int(raw[0]) / 1000 if raw[0] is not None else None
         role = self._parse(raw[1]) if raw[1] is not None else None
@@ -105,10 +123,10 @@ class SharedTokens:
         entry = orjson.dumps(
             {"u": user, "r": verified.identity.role, "t": _ms(verified.verified_at)}
         )
-        pipe = self._client().pipeline(transaction=False)
-        pipe.set(keys.auth_user_role(user), entry, px=max(1, _ms(self.cache_s)))
-        pipe.get(keys.auth_user_revoked(user))
-        mark = (await pipe.execute())[1]
+        _, mark = await self._run(
+            ("SET", keys.auth_user_role(user), entry, "PX", max(1, _ms(self.cache_s))),
+            ("GET", keys.auth_user_revoked(user)),
+        )
         if self._voids(mark, verified):
             await self._client().delete(keys.auth_user_role(user))
 
@@ -118,6 +136,10 @@ class SharedTokens:
             self.keys.auth_revocations, since_ms, "+inf", withscores=True
         )
         return [(_text(user), score / 1000) for user, score in raw]
+
+    async def aclose(self) -> None:
+        if self._batch is not None:
+            await self._batch.aclose()
 
     async def revoke(self, user_id: str, at_ms: int) -> None:
         await revoke_async(self._client(), self.keys, user_id, self.revocation_ttl_s, at_ms)
