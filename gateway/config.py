@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- Socket.IO (appended) -------------------------------------------------------------------
+    # Socket.IO connection state recovery: a pid in the CONNECT answer and an offset with each
+    # event, so socket.io-client restores its rooms and missed events on any node.
+    socketio_recovery: bool = True
+
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv
     )

@@ -131,3 +131,14 @@ class Keys:
     def events_series_by_type(self) -> str:
         """hash type -> events of that type over the last 60 minutes, rolled up by the worker."""
         return f"{self.prefix}:{{g}}:epm:series:types"
+
+    # --- Socket.IO (appended) ---------------------------------------------------------------
+    def sio_record(self, pid: str) -> str:
+        """string: a Socket.IO session's recovery record (JSON: user, rooms with their index
+        and join position); PX the history TTL, refreshed while the session lives."""
+        return f"{self.prefix}:sio:{{{pid}}}:record"
+
+    def sio_channel(self, node: str) -> str:
+        """pub/sub channel of a node's Socket.IO sessions: requests for them that reached
+        another node (long-polls, posts, a WebSocket upgrade), and the replies."""
+        return f"{self.prefix}:node:{{{node}}}:sio"
