@@ -137,6 +137,7 @@ class EngineSession:
         self._queue: list[bytes] = []
         self._queue_bytes = 0
         self._poll: Poll | None = None
+        self._close_pending = False  # a CLOSE is owed to the next long-poll
         self._posting = False
         self._upgrade: Carrier | None = None
         self._upgrade_probed = False
@@ -187,8 +188,12 @@ class EngineSession:
             self.delivery.discard()  # never acknowledged: nothing of it goes out
         carrier = self.carrier
         if carrier is None:
-            self._queue.extend(packets or [CLOSE])
+            # The CLOSE goes alone, in a long-poll of its own: socket.io-client handles the
+            # packets of a body a tick later than a CLOSE in the same body, and would take the
+            # events it carries for after the reconnection (and report an older offset).
+            self._queue.extend(packets)
             self._queue_bytes += sum(len(p) for p in packets)
+            self._close_pending = not packets
         self._end(code, reason)
         if carrier is None:
             self._answer_poll()
@@ -236,7 +241,12 @@ class EngineSession:
 
     def _answer_poll(self) -> None:
         poll = self._poll
-        if poll is None or not self._queue:
+        if poll is None:
+            return
+        if not self._queue:
+            if self._close_pending:
+                self._close_pending, self._poll = False, None
+                poll.answer(CLOSE)
             return
         payload = encode_payload(self._queue)
         self._queue, self._queue_bytes, self._poll = [], 0, None
@@ -247,10 +257,14 @@ class EngineSession:
         """A long-poll GET. Raises ``RequestRefused`` for a second concurrent one (and closes
         the session, as Engine.IO does) or when the session has moved to a WebSocket."""
         if self.state is State.CLOSED:
-            if not self._queue:
+            if self._queue:  # the last packets; the CLOSE, if any, with the next poll
+                poll.answer(encode_payload(self._queue))
+                self._queue, self._queue_bytes = [], 0
+            elif self._close_pending:
+                self._close_pending = False
+                poll.answer(CLOSE)
+            else:
                 raise SessionGone("Session ID unknown")
-            poll.answer(encode_payload(self._queue))  # the last packets, with the close
-            self._queue, self._queue_bytes = [], 0
             return
         if self.state is State.WEBSOCKET:
             raise RequestRefused("Bad request: this session has upgraded to a WebSocket")

@@ -273,7 +273,8 @@ class SocketLayer:
         """Join the rooms of ``record`` (with ``since``), or learn the positions of the
         automatic rooms of a new session; save the record; acknowledge the CONNECT."""
         assert self._auth is not None
-        since = record.positions(pid, offset) if record is not None and pid else {}
+        since = record.positions(offset) if record is not None else {}
+        log.debug("socket.io restore of %s (offset %r): %s", pid, offset, since)
         rooms = list(self._auth.get("rooms") or [])
         rooms += [room for room in since if room not in rooms]
         self._restored_all = record is not None
@@ -293,6 +294,9 @@ class SocketLayer:
             if not self._join_failed:
                 joined.add(room)
         tracker.record.keep(joined)  # the restored rooms keep their indexes; the others go
+        if record is not None and not self._restored_all:
+            tracker.pid = new_pid()  # not recovered: a new pid tells the client so
+            self._record_changed()
         self.port.flush()  # the joins' answers reach Delivery, which saves the record
         await self._until_saved()
         self._acknowledge(tracker.pid, restored=self._restored_all)
@@ -320,6 +324,7 @@ class SocketLayer:
                 self._dirty = False
                 try:
                     await store.save(tracker.pid, tracker.record)
+                    log.debug("socket.io record %s saved: %s", tracker.pid, tracker.record.rooms)
                 except Exception as exc:
                     log.warning("socket.io recovery record of %s not saved: %s", tracker.pid, exc)
         finally:

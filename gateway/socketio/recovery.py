@@ -9,10 +9,11 @@ CONNECT acknowledgement, and the last string argument of the last event it recei
   It is saved before the client can learn of a join or a leave, so it always holds the rooms
   the client believes it is in;
 - the offset string the server appends to each event it sends,
-  ``1;<pid tag>;<index>:<offset>[:<epoch>],…``, names the position of every room where the
-  client has received events since it joined (the epoch only when it differs from the
-  record's). A string is only read with the record of its own pid (the tag), and a restored
-  record keeps its rooms' indexes, so a string stays valid across recoveries.
+  ``1;<tag>;<index>:<offset>[:<epoch>],…``, names the position of every room where the client
+  has received events since it joined (the epoch only when it differs from the record's). A
+  string is only read with a record of its own lineage (the tag); a restored record keeps the
+  tag and its rooms' indexes, so a string stays valid across recoveries, even when the
+  restore was partial and the session got a new pid (``socket.recovered`` false).
 
 A client that comes back with both is joined to the record's rooms, each with ``since`` = its
 position in the string, or the record's join position when the string has none (it received
@@ -42,6 +43,10 @@ def new_pid() -> str:
     return secrets.token_urlsafe(18)
 
 
+def new_tag() -> str:
+    return secrets.token_hex(4)
+
+
 @dataclass(slots=True)
 class Record:
     """A session's rooms, as the client knows them: room -> (index, epoch, join offset)."""
@@ -49,6 +54,7 @@ class Record:
     user_id: str
     rooms: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     next_index: int = 0
+    tag: str = field(default_factory=new_tag)  # the lineage of the offset strings it reads
 
     def join(self, room: str, epoch: str, offset: int) -> None:
         entry = self.rooms.get(room)
@@ -63,28 +69,30 @@ class Record:
     def successor(self) -> Record:
         """The record of the same session restored elsewhere: same indexes, rooms re-added as
         they are joined again (``keep`` drops those that were not)."""
-        return Record(self.user_id, dict(self.rooms), self.next_index)
+        return Record(self.user_id, dict(self.rooms), self.next_index, self.tag)
 
     def keep(self, rooms: set[str]) -> None:
         for room in [r for r in self.rooms if r not in rooms]:
             del self.rooms[room]
 
     def dumps(self) -> bytes:
-        return orjson.dumps({"u": self.user_id, "r": self.rooms, "n": self.next_index})
+        return orjson.dumps(
+            {"u": self.user_id, "r": self.rooms, "n": self.next_index, "t": self.tag}
+        )
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Record | None:
         try:
             obj = orjson.loads(raw)
             rooms = {str(r): (int(i), str(e), int(o)) for r, (i, e, o) in obj["r"].items()}
-            return cls(str(obj["u"]), rooms, int(obj["n"]))
+            return cls(str(obj["u"]), rooms, int(obj["n"]), str(obj["t"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
 
-    def positions(self, pid: str, offset: Any) -> dict[str, Position]:
+    def positions(self, offset: Any) -> dict[str, Position]:
         """``since`` for each room: the client's offset string where it names the room (and is
         not behind the join position), else the join position."""
-        sent = parse_offset(offset, pid)
+        sent = parse_offset(offset, self.tag)
         since = {}
         for room, (index, epoch, join_offset) in self.rooms.items():
             position = Position(join_offset, epoch)
@@ -97,18 +105,14 @@ class Record:
         return since
 
 
-def pid_tag(pid: str) -> bytes:
-    return pid[:8].encode()
-
-
-def parse_offset(offset: Any, pid: str) -> dict[int, tuple[int, str | None]]:
+def parse_offset(offset: Any, tag: str) -> dict[int, tuple[int, str | None]]:
     """``1;<tag>;0:17,1:4:ab12cd34`` -> {0: (17, None), 1: (4, "ab12cd34")} when the tag is
-    ``pid``'s; anything else -> {}."""
+    ``tag``; anything else -> {}."""
     if not isinstance(offset, str) or len(offset) > MAX_OFFSET_CHARS:
         return {}
     version, _, rest = offset.partition(";")
-    tag, _, body = rest.partition(";")
-    if version != FORMAT.decode() or tag.encode() != pid_tag(pid) or not body:
+    got, _, body = rest.partition(";")
+    if version != FORMAT.decode() or got != tag or not body:
         return {}
     out: dict[int, tuple[int, str | None]] = {}
     for entry in body.split(","):
@@ -131,7 +135,7 @@ class Tracker:
     def __init__(self, pid: str, record: Record) -> None:
         self.pid = pid
         self.record = record
-        self._head = FORMAT + b";" + pid_tag(pid) + b";"
+        self._head = FORMAT + b";" + record.tag.encode() + b";"
         self._entries: dict[bytes, bytes] = {}  # room -> b"index:offset[:epoch]"
         self._text: bytes | None = None
 
