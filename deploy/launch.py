@@ -2,6 +2,9 @@
 """Run a whole gateway topology on this machine, from the checkout, without Docker.
 
     python deploy/launch.py up --nodes 3 [--port 8080] [--django | --django-url URL]
+    python deploy/launch.py up --nodes 3 --test-django   # tokens like cliente-7 work (below)
+    python deploy/launch.py up --detach                  # start, print, return; then:
+    python deploy/launch.py down [--port 8080]           # stop what `up` started
     python deploy/launch.py up --nodes 2 --check      # start, verify through nginx, stop
     python deploy/launch.py nginx-conf --upstream gateway-1:4000 --listen 80
 
@@ -9,7 +12,11 @@
 gateway``) on consecutive free ports, one worker (``python -m worker``), optionally the demo
 Django site (deploy/demo), and Debian's nginx as the load balancer in front of the nodes. It
 prints the URLs and the dashboard token, waits for Ctrl-C or SIGTERM, then stops everything it
-started, by pid (SIGTERM, then SIGKILL after a timeout), and removes its temp dir.
+started, by pid (SIGTERM, then SIGKILL after a timeout), and removes its temp dir. While it runs,
+a state file (``gateway-launch-<port>.json`` in the system temp dir) names its pid and its
+children's, so ``down`` — from another terminal, or after ``up --detach`` — stops it the same way.
+``--test-django`` runs the repository's Django test site (tests/django_site) instead of the demo:
+it accepts the tokens ``gateway-testclients`` makes by default (``cliente-7``, ``proveedor-2``).
 
 Tests use the same code: ``with Topology(nodes=2) as topo: topo.lb_url ...``.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import secrets
 import shutil
@@ -303,6 +311,7 @@ class Topology:
         worker: bool = True,
         django: bool = False,
         django_url: str | None = None,
+        test_django: bool = False,
         drain_seconds: float = 2.0,
         env: dict[str, str] | None = None,
         keep_dir: bool = False,
@@ -311,9 +320,10 @@ class Topology:
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
-        if django and django_url:
-            raise ValueError("give either django=True or django_url, not both")
+        if sum((django, bool(django_url), test_django)) > 1:
+            raise ValueError("give one of django=True, django_url and test_django")
         self.nodes, self.worker, self.django = nodes, worker, django
+        self.test_django = test_django
         self.django_url = django_url
         self.drain_seconds = drain_seconds
         self.keep_dir = keep_dir
@@ -442,6 +452,9 @@ class Topology:
         proc.wait_until(lambda: redis_pings(self.redis_port), "PONG", self.ready_timeout_s)
 
     def _start_django(self) -> None:
+        if self.test_django:
+            self._start_test_django()
+            return
         if not self.django:
             return
         if not DEMO_MANAGE.exists():
@@ -458,6 +471,18 @@ class Topology:
             )
         serve = [sys.executable, str(DEMO_MANAGE), "runserver", f"{HOST}:{port}", "--noreload"]
         proc = self._spawn("django", serve, env)
+        root = f"http://{HOST}:{port}/"
+        proc.wait_until(
+            lambda: (http_status(root) or 500) < 500, "HTTP answer", self.ready_timeout_s
+        )
+        self.django_url = f"{root}api/v1/"
+
+    def _start_test_django(self) -> None:
+        """The repository's Django test site: it accepts tokens like ``cliente-7``."""
+        port = free_ports(1)[0]
+        cmd = [sys.executable, "-m", "tests.django_site.server", "--port", str(port)]
+        env = self._env(DJANGO_SETTINGS_MODULE="tests.django_site.settings")
+        proc = self._spawn("django", cmd, env)
         root = f"http://{HOST}:{port}/"
         proc.wait_until(
             lambda: (http_status(root) or 500) < 500, "HTTP answer", self.ready_timeout_s
@@ -530,6 +555,119 @@ def check(topo: Topology) -> list[str]:
     return problems
 
 
+# --- the state file: how `down` finds what `up` started ----------------------------------------
+
+# What each child's command line contains (a guard against a pid the system has reused).
+_CMDLINE_WORDS = {"redis": "redis", "nginx": "nginx", "worker": "worker", "django": "django"}
+
+
+def state_path(lb_port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"gateway-launch-{lb_port}.json"
+
+
+def write_state(topo: Topology) -> Path:
+    path = state_path(int(topo.lb_port or 0))
+    state = {"launcher": os.getpid(), "dir": str(topo.dir), "pids": topo.pids}
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(state))
+    partial.replace(path)
+    return path
+
+
+def remove_state(lb_port: int) -> None:
+    path = state_path(lb_port)
+    try:
+        if json.loads(path.read_text()).get("launcher") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _runs(pid: int, word: str) -> bool:
+    """Whether ``pid`` is alive and its command line contains ``word``."""
+    return word in _cmdline(pid)
+
+
+def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if _cmdline(pid)]
+    return alive
+
+
+def down(lb_port: int, timeout_s: float = 30.0) -> str:
+    """Stop the topology ``up`` started on ``lb_port``: SIGTERM to the launcher, which stops
+    its children in order; if the launcher is gone (or does not stop in time), its children
+    are stopped by pid (SIGTERM, then SIGKILL). Returns what was done."""
+    path = state_path(lb_port)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise LaunchError(
+            f"no topology was started on port {lb_port} ({path} not found); "
+            "give the port `up` used with --port"
+        ) from None
+    launcher = int(state["launcher"])
+    if _runs(launcher, "launch.py"):
+        os.kill(launcher, signal.SIGTERM)
+        if not _wait_gone([launcher], timeout_s):
+            path.unlink(missing_ok=True)
+            return f"stopped (launcher pid {launcher})"
+        os.kill(launcher, signal.SIGKILL)
+    children = {
+        name: int(pid)
+        for name, pid in state["pids"].items()
+        if _runs(int(pid), _CMDLINE_WORDS.get(name, "gateway"))
+    }
+    for pid in children.values():
+        os.killpg(pid, signal.SIGTERM)  # each child leads its own session (start_new_session)
+    for pid in _wait_gone(list(children.values()), timeout_s):
+        os.killpg(pid, signal.SIGKILL)
+    shutil.rmtree(state["dir"], ignore_errors=True)
+    path.unlink(missing_ok=True)
+    return f"stopped {len(children)} processes left by launcher pid {launcher}"
+
+
+def detach(argv: Sequence[str], lb_port: int, timeout_s: float = 120.0) -> int:
+    """Run ``up`` (``argv`` without --detach) in the background; return once it is ready."""
+    log = Path(tempfile.gettempdir()) / f"gateway-launch-{lb_port}.log"
+    state_path(lb_port).unlink(missing_ok=True)
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(state_path(lb_port).read_text())["launcher"] == child.pid:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    time.sleep(0.2)  # the summary is printed right after the state file is written
+    print(log.read_text(errors="replace"), end="")
+    if child.poll() is not None:
+        return 1
+    print(f"running in the background (pid {child.pid}, output in {log})")
+    print(f"stop it with: python deploy/launch.py down --port {lb_port}")
+    return 0
+
+
 def _print_summary(topo: Topology) -> None:
     print(f"load balancer   {topo.lb_url}   (WebSocket {topo.ws_url})")
     for i, (pid, url) in enumerate(zip(topo.node_pids, topo.node_urls, strict=True), start=1):
@@ -569,6 +707,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--django-url", help="use a running Django API root, e.g. http://127.0.0.1:8000/api/v1/"
     )
+    demo.add_argument(
+        "--test-django",
+        action="store_true",
+        help="also run the Django test site (tests/django_site): it accepts tokens like "
+        "cliente-7, as gateway-testclients makes them by default",
+    )
     up.add_argument("--no-worker", action="store_true", help="do not start the worker")
     up.add_argument(
         "--drain-seconds", type=float, default=3.0, help="GATEWAY_DRAIN_SECONDS (default 3)"
@@ -577,6 +721,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument(
         "--check", action="store_true", help="start, check through nginx, stop; exit 1 on a problem"
     )
+    up.add_argument(
+        "--detach", action="store_true", help="run in the background; stop it with `down`"
+    )
+    stop = sub.add_parser(
+        "down", help="stop the topology `up` started (another terminal, --detach)"
+    )
+    stop.add_argument("--port", type=int, default=8080, help="the port `up` used (default 8080)")
     conf = sub.add_parser("nginx-conf", help="print the balancer config used by docker-compose")
     conf.add_argument("--upstream", action="append", required=True, help="host:port, repeatable")
     conf.add_argument("--listen", default="80")
@@ -585,8 +736,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "nginx-conf":
         sys.stdout.write(render_nginx_conf(args.upstream, args.listen))
         return 0
+    if args.command == "down":
+        try:
+            print(down(args.port))
+        except LaunchError as exc:
+            print(f"down: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
+    if args.detach:
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--detach"]
+        return detach(rest, args.port)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C, even mid-start
     topo = Topology(
         args.nodes,
@@ -594,11 +755,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker=not args.no_worker,
         django=args.django,
         django_url=args.django_url,
+        test_django=args.test_django,
         drain_seconds=args.drain_seconds,
         keep_dir=args.keep,
     )
     try:
         with topo:
+            write_state(topo)
             _print_summary(topo)
             if args.check:
                 problems = check(topo)
@@ -612,6 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        remove_state(args.port)
         print("stopped" + (f"; logs kept in {topo.dir}" if args.keep and topo._dir else ""))
 
 

@@ -1,4 +1,8 @@
-"""``gateway`` / ``python -m gateway``: settings -> app -> serve; SIGTERM drains, then exit 0."""
+"""``gateway`` / ``python -m gateway``: settings -> app -> serve; SIGTERM drains, then exit 0.
+
+The server's modules (aiohttp, pydantic-settings) are imported only once the command line asked
+for a start: ``--help`` and ``--version`` answer from the light installation too (gateway.cli).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+from gateway.cli import parse_command_line, require_server
 
-from gateway.config import ConfigError, Settings, load_settings
-from gateway.logs import AccessLogger, setup_logging
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway")
 
@@ -38,12 +44,26 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings) -> None:
+    from aiohttp import web
+
     from gateway.app import NODE, create_app
+    from gateway.config import ConfigError
+    from gateway.listen import check_port_free, startup_failure
+    from gateway.logs import AccessLogger
     from gateway.wsconn import GatewayRunner
 
+    check_port_free(settings.host, settings.port)  # before anything starts or logs "ready"
     app = create_app(settings)
     runner = GatewayRunner(app, access_log_class=AccessLogger, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await app[NODE].stop()  # closes the Django session and the backend's connections
+        failure = startup_failure(settings, exc)
+        if failure is None:
+            raise
+        raise failure from None
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
     try:
         await site.start()
@@ -74,7 +94,12 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    parse_command_line("gateway", argv)  # --help / --version: print and exit 0
+    require_server("gateway")
+    from gateway.config import ConfigError, load_settings
+    from gateway.logs import setup_logging
+
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -28,6 +28,9 @@ class PublishRequest(BaseModel):
     type: StrictStr = Field(pattern=TYPE_PATTERN)
     payload: Any = None
     idempotencyKey: StrictStr | None = Field(None, min_length=1, max_length=200)
+    # the caller's event id: delivered as the events' ``id``; a retry with it publishes nothing
+    # again (one event, one offset)
+    eventId: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
 
     @model_validator(mode="after")
     def _one_target(self) -> PublishRequest:
@@ -91,7 +94,12 @@ async def publish(request: web.Request, node: Node) -> web.Response:
         return bad_request(f"payload: {exc}")
     try:
         result = await node.backend.publish(
-            req.targets, req.type, payload_json, "api", idempotency_key=req.idempotencyKey
+            req.targets,
+            req.type,
+            payload_json,
+            "api",
+            event_id=req.eventId,
+            idempotency_key=req.idempotencyKey,
         )
     except BACKEND_ERRORS as exc:
         node.metrics.redis_errors.labels("publish").inc()

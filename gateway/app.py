@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import api, dashboard
+from gateway import api, dashboard, public
 from gateway.backend.base import Backend
 from gateway.backend.factory import make_backend
 from gateway.closecodes import CloseCode
@@ -83,18 +83,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def disconnect(request: web.Request) -> web.Response:
         return await api.disconnect(request, node)
 
-    async def client_js(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(
-            STATIC_DIR / "client.js", headers={"Content-Type": "text/javascript; charset=utf-8"}
-        )
-
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/disconnect", disconnect)
-    app.router.add_get("/client.js", client_js)
+    public.add_routes(app, STATIC_DIR)  # /client.js, /client.d.ts, /asyncapi.json (any origin)
     dashboard.add_routes(app, node, lambda: app[DASHBOARD_TOKEN])
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=False)
@@ -136,9 +131,13 @@ def _ping_rounds(node: Node):  # type: ignore[no-untyped-def]
 def _lifecycle(node: Node):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         await node.start()
-        log.info(
-            "node %s ready (backend %s, Django %s)",
+        log.log(
+            logging.INFO if node.backend_ok else logging.WARNING,
+            "node %s %s (backend %s, Django %s)",
             node.node_id,
+            "ready"
+            if node.backend_ok
+            else "started, NOT ready: /readyz answers 503 until its backend answers",
             node.backend.name,
             node.settings.django_base_url,
         )

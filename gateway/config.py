@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- hardening ----------------------------------------------------------------------------
+    # a TCP connection whose request head is not complete in this time is closed
+    handshake_timeout_s: float = Field(10.0, gt=0, le=600)
+
     # --- Socket.IO (appended) -------------------------------------------------------------------
     # Socket.IO connection state recovery: a pid in the CONNECT answer and an offset with each
     # event, so socket.io-client restores its rooms and missed events on any node.
@@ -139,6 +143,17 @@ class Settings(BaseSettings):
         parsed = urlparse(value)
         if parsed.scheme not in {"http", "https"} or not parsed.hostname:
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            parsed.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError:
+            raise ValueError("bad port in URL") from None  # (the port may be a password's end)
+        if "@" in parsed.netloc:
+            # every call to Django carries the user's own Authorization header (CONTRACT
+            # section 2): credentials in the URL could not be sent with it, and would be logged
+            raise ValueError(
+                "must not contain credentials (user:password@): the gateway calls Django with "
+                "each user's own token; protect Django's network instead"
+            )
         return value if value.endswith("/") else value + "/"
 
     @field_validator("django_events_path")
@@ -166,7 +181,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     raw = first.get("input")
     secret = "TOKEN" in name or "KEY" in name or isinstance(raw, dict)
     if isinstance(raw, str) and "://" in raw:
-        raw = re.sub(r"//[^/@]*@", "//***@", raw)  # never echo credentials in URLs
+        raw = re.sub(r"//[^@\s]*@", "//***@", raw)  # never echo credentials in URLs
     shown = "" if secret else f" (got {raw!r})"
     return f"invalid configuration: {name}: {first.get('msg')}{shown}"
 

@@ -20,9 +20,11 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from gateway.backend.base import Page
+from gateway.backend.leases import LeaseBusy
 from gateway.events import now_ms
 from gateway.httpauth import basic_password, bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
+from gateway.ws import from_trusted_proxy
 
 log = logging.getLogger("gateway.dashboard")
 
@@ -108,15 +110,40 @@ async def api_status(node: Node) -> dict[str, Any]:
     return {"django": node.django.probe.as_dict(), "nodes": per_node}
 
 
-def feed_origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+def feed_origin_allowed(request: web.Request, allowed: list[str], trusted: list[str]) -> bool:
     """The feed rides on the browser's Basic login, which a foreign page's WebSocket would carry
-    too (cross-site WebSocket hijacking): only the dashboard's own host or an allowed origin may
-    open it. No Origin header: not a browser."""
+    too (cross-site WebSocket hijacking): only the dashboard's own origin (scheme, host and
+    port, as the request reached us) or an allowed origin may open it. No Origin header: not a
+    browser. Another scheme or port on the same host is another origin (another application)."""
     origin = request.headers.get("Origin")
     if origin is None or origin.rstrip("/") in {a.rstrip("/") for a in allowed}:
         return True
-    host = urlsplit(origin).hostname
-    return host is not None and host == (request.url.host or "").lower()
+    own = _origin_key(f"{_scheme_of(request, trusted)}://{request.host}")
+    return own is not None and _origin_key(origin) == own
+
+
+def _scheme_of(request: web.Request, trusted: list[str]) -> str:
+    """``http``, or what a trusted proxy that terminates TLS says in X-Forwarded-Proto."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if forwarded in ("http", "https") and from_trusted_proxy(request, trusted):
+        return forwarded
+    return request.scheme
+
+
+def _origin_key(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the default port filled in; None if malformed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) -> None:
@@ -187,12 +214,16 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         return _json(await backend_call(api_status(node)))
 
     async def cleanup(request: web.Request) -> web.StreamResponse:
-        removed = await backend_call(node.backend.cleanup())
+        try:
+            removed = await backend_call(node.backend.cleanup())
+        except LeaseBusy:  # the worker's janitor is sweeping, for longer than we wait
+            return _json({"error": "busy", "message": "the janitor is sweeping; retry"}, 503)
         log.info("dashboard cleanup removed %s", removed)
         return _json({"removed": removed})
 
     async def feed(request: web.Request) -> web.StreamResponse:
-        if not feed_origin_allowed(request, node.settings.allowed_origins):
+        settings = node.settings
+        if not feed_origin_allowed(request, settings.allowed_origins, settings.trusted_proxies):
             return _json({"error": "origin not allowed"}, status=403)
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)

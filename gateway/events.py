@@ -27,6 +27,11 @@ def new_epoch() -> str:
     return f"{random.getrandbits(32):08x}"
 
 
+# The epoch reported for a room nothing was published to (it has no meta key: joins create none).
+# A client that joined it holds offset 0, which any epoch's history from offset 1 covers.
+UNPUBLISHED_EPOCH = "0"
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -8,6 +8,7 @@ one ``transport.write``.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Iterable
 
@@ -48,11 +49,23 @@ class Outbox:
             session.flush()
 
 
+class Order(enum.Enum):
+    """How a live publication relates to what the node saw of its room before."""
+
+    IN_ORDER = "in_order"
+    GAP = "gap"  # offsets were skipped, or the epoch changed: members must rejoin
+    DUPLICATE = "duplicate"  # the very same publication again: ignored
+    REUSED = "reused"  # an offset at or below one already seen in this epoch: Redis went back
+
+
 class Hub:
     def __init__(self) -> None:
         self.rooms: dict[str, dict[Session, None]] = {}
-        # last (offset, epoch) seen live per room, to detect gaps in the stream
-        self._last: dict[str, tuple[int, str]] = {}
+        # High-water mark per room: the last (offset, epoch, body) seen live. It survives a lost
+        # subscription (the next event after a resubscribe shows whether anything was missed)
+        # and is the node's evidence when Redis hands out an offset a second time.
+        self._last: dict[str, tuple[int, str, bytes]] = {}
+        self._retired: dict[str, str] = {}  # room -> the epoch it left after time travel
         self.deliveries = 0
         self.gaps = 0
         self.duplicates = 0
@@ -76,44 +89,60 @@ class Hub:
             return False
         del self.rooms[room]
         self._last.pop(room, None)
+        self._retired.pop(room, None)
         return True
 
     def members(self, room: str) -> Iterable[Session]:
         return tuple(self.rooms.get(room, ()))
 
-    def reset(self, rooms: Iterable[str]) -> None:
-        """Forget live positions (after a lost subscription) so the next event starts afresh."""
-        for room in rooms:
-            self._last.pop(room, None)
+    def high_water(self, room: str) -> tuple[int, str] | None:
+        """The last (offset, epoch) this node saw live in ``room``."""
+        last = self._last.get(room)
+        return (last[0], last[1]) if last is not None else None
 
-    def deliver(self, pub: Publication) -> bool:
-        """Fan a publication out to local members. Returns False when a gap was detected: the
-        caller then tells the room's members to ``rejoin`` (recover from history)."""
+    def moved_to(self, room: str, old_epoch: str, offset: int, epoch: str) -> None:
+        """The room left ``old_epoch`` (time travel): count from its new position, and drop
+        what is still in flight from the old one."""
+        if room in self.rooms:
+            self._last[room] = (offset, epoch, b"")
+            self._retired[room] = old_epoch
+
+    def deliver(self, pub: Publication) -> Order:
+        """Fan a publication out to local members and say how it fits the room's stream. On a
+        GAP it is delivered (members then rejoin); on REUSED it is not: the caller starts a new
+        epoch, since that (epoch, offset) was already given to another event."""
         members = self.rooms.get(pub.room)
         if not members:
-            return True
+            return Order.IN_ORDER
         last = self._last.get(pub.room)
-        in_order = True
-        if last is not None and last[1] == pub.epoch:
-            if pub.offset <= last[0]:
-                self.duplicates += 1
-                return True  # already delivered (e.g. redelivery after a resubscribe)
-            if pub.offset != last[0] + 1:
+        order = Order.IN_ORDER
+        if last is not None:
+            if last[1] != pub.epoch:
+                if self._retired.get(pub.room) == pub.epoch:
+                    return Order.REUSED  # still in flight from the epoch we left
+                order = Order.GAP  # a new epoch: history was lost, clients should refetch
+            elif pub.offset <= last[0]:
+                if pub.offset == last[0] and pub.body == last[2]:
+                    self.duplicates += 1
+                    return Order.DUPLICATE
+                return Order.REUSED
+            elif pub.offset != last[0] + 1:
                 self.gaps += 1
-                in_order = False
-        elif last is not None:
-            in_order = False  # new epoch: history was lost, clients should refetch
-        self._last[pub.room] = (pub.offset, pub.epoch)
+                order = Order.GAP
+        self._last[pub.room] = (pub.offset, pub.epoch, pub.body)
         encoded: dict[str, bytes] = {}
         for session in members:
             pending = session.pending
-            if pending is not None and pub.room in pending:
-                pending[pub.room].append(pub)
-                continue
+            if pending is not None:
+                gate = pending.get(pub.room)
+                if gate is not None:
+                    if gate.hold(pub):
+                        continue
+                    session.drop_gate(pub.room)  # past the floor: in order from here on
             kind = session.transport.kind
             wire = encoded.get(kind)
             if wire is None:
                 wire = encoded[kind] = session.transport.encode_publication(pub)
             session.enqueue(wire)
         self.deliveries += len(members)
-        return in_order
+        return order

@@ -1,6 +1,8 @@
 """Logging: text for people, one JSON object per line for machines (GATEWAY_LOG_FORMAT=json).
 
-Access logs name the path only, never the query string (it may carry ``?token=``).
+Access logs name the path only, never the query string (it may carry ``?token=``). A request
+aiohttp cannot parse is logged by ``QuietRequestHandler`` without its request line or headers,
+which may hold a token as well.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import contextlib
 import logging
 import sys
 import time
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, Response, StreamResponse
+from aiohttp.web_protocol import RequestHandler
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -146,3 +150,28 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length,
             time,
         )
+
+
+class QuietRequestHandler(RequestHandler):
+    """aiohttp's request handler, but a request it cannot parse (a raw space or a control byte
+    in ``GET /ws?token=…``, a bad header) is answered with a fixed 400 and logged as one line
+    naming the peer and the kind of error: aiohttp would log the request line at ERROR, with
+    a traceback, and echo it in the body, token and all."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        if status >= 500:  # a fault of ours, not a malformed request: aiohttp's report
+            return super().handle_error(request, status, exc, message)
+        logging.getLogger("gateway.http").info(
+            "unparsable HTTP request from %s: %s (%d)", request.remote, type(exc).__name__, status
+        )
+        response = Response(status=status, text=f"{status} {HTTPStatus(status).phrase}\n")
+        response.force_close()
+        return response

@@ -24,12 +24,13 @@ from gateway.backend.base import (
     NodeStats,
     Position,
     Publication,
+    Recovery,
 )
-from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode
+from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode, close_code_label
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
 from gateway.events import dumps_payload, new_event_id, now_ms
-from gateway.hub import Hub, Outbox
+from gateway.hub import Hub, Order, Outbox
 from gateway.metrics import Metrics
 from gateway.protocol import (
     BUSINESS_EVENTS,
@@ -50,6 +51,7 @@ from gateway.rooms import (
     check_access,
     check_sender,
     default_rooms,
+    is_broadcast_room,
     rooms_from_answer,
 )
 from gateway.session import Session, Transport
@@ -63,6 +65,10 @@ try:  # redis is a dependency, but keep the node importable without it for the m
     BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError)
 except ImportError:  # pragma: no cover
     pass
+
+
+# how long a node keeps trying to read rooms' positions after a lost subscription
+VERIFY_POSITIONS_S = 60.0
 
 
 def new_connection_id() -> str:
@@ -91,6 +97,7 @@ class Node:
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
+        self.handshakes = 0  # TCP connections whose request head is not complete (gateway.wsconn)
         self.by_user: dict[str, list[Session]] = defaultdict(list)
         self.by_ip: Counter[str] = Counter()
         self.draining = False
@@ -105,6 +112,8 @@ class Node:
         self._auth_timers: dict[Session, asyncio.TimerHandle] = {}
         self._registered = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._moving: set[str] = set()  # rooms whose new epoch is being written
+        self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -122,7 +131,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._janitor_loop(), name="janitor"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in (*self._tasks, *self._background):
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,8 +187,8 @@ class Node:
         """Why a new connection from ``ip`` must be refused, or None."""
         if self.draining:
             return "draining"
-        if len(self.sessions) >= self.settings.max_connections:
-            return "node_full"
+        if len(self.sessions) + self.handshakes >= self.settings.max_connections:
+            return "node_full"  # unfinished handshakes count (CONTRACT section 2)
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
         return None
@@ -209,6 +218,11 @@ class Node:
         log.debug("connection %s opened from %s", session.id, ip)
         return session
 
+    def _cancel_auth_deadline(self, session: Session) -> None:
+        timer = self._auth_timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+
     def _auth_deadline(self, session: Session) -> None:
         self._auth_timers.pop(session, None)
         if session.identity is None and not session.closed:
@@ -237,7 +251,7 @@ class Node:
         self.by_role[role] -= 1
         self._connected_at_sum -= session.connected_at - self.started_at
         self.metrics.connections.labels(role, session.transport.kind).dec()
-        self.metrics.disconnects.labels(str(code or 1006)).inc()
+        self.metrics.disconnects.labels(close_code_label(code or 1006)).inc()
         rooms = list(session.rooms)
         for room in rooms:
             if self.hub.remove(session, room):
@@ -342,6 +356,8 @@ class Node:
         anything; they must match the token's identity."""
         if session.identity is not None:
             raise ProtocolError(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated")
+        self._cancel_auth_deadline(session)  # the deadline is for sending it; Django's own
+        # timeout bounds the verification
         try:
             identity = await self.django.verify(token)
             if (user_id is not None and user_id != identity.user_id) or (
@@ -360,9 +376,6 @@ class Node:
             return
         if session.closed:
             return
-        timer = self._auth_timers.pop(session, None)
-        if timer is not None:
-            timer.cancel()
         rooms = automatic_rooms(identity)
         session.identity = identity
         session.token = token
@@ -409,42 +422,52 @@ class Node:
 
     # --- rooms --------------------------------------------------------------------------------
     async def _enter(self, session: Session, room: str) -> None:
-        """Join the local hub (subscribing the node if first) without recovery."""
+        """Join the local hub and wait until the node's subscription to the room is live (the
+        first member subscribes; later ones wait for a subscription still in flight)."""
         session.rooms.append(room)
-        if self.hub.add(session, room):
-            try:
-                await self.backend.subscribe(room)
-            except BaseException:
-                session.drop_room(room)
-                self.hub.remove(session, room)
-                raise
+        self.hub.add(session, room)
+        try:
+            await self.backend.subscribe(room)
+        except BaseException:
+            session.drop_room(room)
+            if self.hub.remove(session, room):
+                self.backend.unsubscribe(room)  # nobody left: do not keep a half-made subscription
+            raise
 
     async def _join(
         self, session: Session, payload: JoinRoomPayload, frame_id: FrameId | None
     ) -> None:
+        """Join (or, for a member answering ``rejoin``, re-read) a room with its history.
+
+        Ordering (docs/cluster.md, "Why recovery is exact"): live publications are held from
+        before the subscription is confirmed; history is read only after it is; the answer covers
+        up to the room's offset at the read, and the held or later live publications at or
+        below it are dropped for this session (its gate's floor).
+        """
         assert session.identity is not None and session.info is not None
         room = payload.room
         check_access(session.identity, room)
         member = room in session.rooms
         if not member and len(session.rooms) >= self.settings.max_rooms_per_connection:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "too many rooms on this connection")
-        # Live publications wait in ``pending`` while history is read, so the reply's ``missed``
-        # and the live stream meet with no gap and no duplicate. A member (an automatic room
-        # after a reconnect, or a ``rejoin``) recovers the same way.
-        if session.pending is None:
-            session.pending = {}
-        session.pending[room] = []
         since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
+        session.open_gate(room)
         try:
+            if member:
+                await self.backend.subscribe(room)  # a rejoin waits for the resubscription
+            else:
+                await self._enter(session, room)
+            seen = self.hub.high_water(room)  # what this node saw before the read was sent
             if member:
                 recovery = await self._history(room, since)
             else:
-                await self._enter(session, room)  # subscribed before history is read
                 recovery = await self.backend.join_and_recover(
                     session.info, room, since, sorted(session.rooms)
                 )
+            if _went_back(seen, recovery.position):
+                recovery = await self._new_epoch(room, recovery.position, since)
         except BACKEND_ERRORS as exc:
-            buffered = self._drop_pending(session, room)
+            buffered = session.drop_gate(room)
             if member:  # still a member: what arrived meanwhile is still owed to the client
                 for pub in buffered:
                     session.enqueue(session.transport.encode_publication(pub))
@@ -455,16 +478,32 @@ class Node:
             self.metrics.redis_errors.labels("join").inc()
             log.warning("join of %s failed: backend error %s", room, exc)
             raise ProtocolError(ErrorCode.UNAVAILABLE, "rooms are unavailable, retry") from None
-        data = self._joined(room, recovery.position)
+        position = recovery.position
+        data = self._joined(room, position)
         if payload.since is not None:
             data["recovered"] = recovery.recovered
             data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
         self.reply(session, "room_joined", data, frame_id)
-        # go live: what arrived while we read history, minus what the history already had
-        position = recovery.position
-        for pub in self._drop_pending(session, room):
-            if pub.epoch != position.epoch or pub.offset > position.offset:
-                session.enqueue(session.transport.encode_publication(pub))
+        # go live: what arrived while we read history, minus what the answer already had
+        for pub in session.release_gate(room, position.epoch, position.offset):
+            session.enqueue(session.transport.encode_publication(pub))
+
+    async def _new_epoch(self, room: str, position: Position, since: Position | None) -> Any:
+        """Redis answered with a position below what this node already saw in the same epoch:
+        it lost acknowledged writes (a lagging replica promoted, an older AOF). The room moves
+        to a new epoch, so no (epoch, offset) pair is given to two events; its members are told."""
+        moved = await self.backend.new_epoch(room, position.epoch)
+        log.warning(
+            "room %s went back in time in Redis (epoch %s at offset %d): new epoch %s",
+            room,
+            position.epoch,
+            position.offset,
+            moved.epoch,
+        )
+        self.hub.moved_to(room, position.epoch, moved.offset, moved.epoch)
+        self._send_rejoin([room], "epoch")
+        recovered = since is not None and (since.epoch, since.offset) == (moved.epoch, moved.offset)
+        return Recovery(position=moved, recovered=recovered)
 
     async def _history(self, room: str, since: Position | None) -> Any:
         return await self.backend.history_since(room, since)
@@ -472,15 +511,6 @@ class Node:
     @staticmethod
     def _joined(room: str, position: Position) -> dict[str, Any]:
         return {"room": room, "epoch": position.epoch, "offset": position.offset}
-
-    @staticmethod
-    def _drop_pending(session: Session, room: str) -> list[Publication]:
-        if session.pending is None:
-            return []
-        buffered = session.pending.pop(room, [])
-        if not session.pending:
-            session.pending = None
-        return buffered
 
     async def _leave(
         self, session: Session, payload: RoomPayload, frame_id: FrameId | None
@@ -504,6 +534,9 @@ class Node:
     ) -> None:
         assert session.identity is not None
         check_access(session.identity, payload.room)
+        if is_broadcast_room(payload.room):  # a count only: privacy, and size
+            await self._presence_count(session, payload.room, frame_id)
+            return
         try:
             members = await self.backend.presence(payload.room)
         except BACKEND_ERRORS:
@@ -516,6 +549,14 @@ class Node:
             ],
         }
         self.reply(session, "presence", data, frame_id)
+
+    async def _presence_count(self, session: Session, room: str, frame_id: FrameId | None) -> None:
+        try:
+            count = await self.backend.room_count(room)
+        except BACKEND_ERRORS:
+            self.metrics.redis_errors.labels("presence").inc()
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "presence is unavailable, retry") from None
+        self.reply(session, "presence", {"room": room, "count": count}, frame_id)
 
     # --- business events ----------------------------------------------------------------------
     async def _business(
@@ -561,20 +602,74 @@ class Node:
 
     # --- backend callbacks --------------------------------------------------------------------
     def on_publication(self, pub: Publication) -> None:
-        in_order = self.hub.deliver(pub)
-        members = self.hub.rooms.get(pub.room)
-        if members:
-            self.metrics.deliveries.inc(len(members))
-            ts = _ts_of(pub.body)
-            if ts:
-                self.metrics.delivery_latency.observe(max(0.0, (now_ms() - ts) / 1000))
-        if not in_order:
+        order = self.hub.deliver(pub)
+        if order is Order.IN_ORDER:
+            members = self.hub.rooms.get(pub.room)
+            if members:
+                self.metrics.deliveries.inc(len(members))
+                ts = _ts_of(pub.body)
+                if ts:
+                    self.metrics.delivery_latency.observe(max(0.0, (now_ms() - ts) / 1000))
+        elif order is Order.GAP:
+            self.metrics.deliveries.inc(len(self.hub.rooms.get(pub.room, ())))
             self._send_rejoin([pub.room], "gap")
+        elif order is Order.REUSED:
+            self._on_reused(pub)
+
+    def _on_reused(self, pub: Publication) -> None:
+        """A live offset at or below one already seen in its epoch: start a new epoch (once)."""
+        if pub.room in self._moving:
+            return
+        self._moving.add(pub.room)
+        task = asyncio.create_task(self._move_room(pub), name=f"new epoch {pub.room}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _move_room(self, pub: Publication) -> None:
+        try:
+            await self._new_epoch(pub.room, Position(pub.offset, pub.epoch), None)
+        except BACKEND_ERRORS as exc:
+            self.metrics.redis_errors.labels("new_epoch").inc()
+            log.warning("could not start a new epoch for %s: %s", pub.room, exc)
+        finally:
+            self._moving.discard(pub.room)
 
     def on_resync(self, rooms: Any) -> None:
+        """Subscriptions were lost (and, when the backend can, restored): members rejoin with
+        ``since``. The rooms' high-water marks are kept, so the next live event shows a gap, and
+        are checked against Redis: one that went back in time (restarted from an older copy, a
+        lagging replica promoted) moves the room to a new epoch before events reuse offsets."""
         rooms = [r for r in rooms if r in self.hub.rooms]
-        self.hub.reset(rooms)
         self._send_rejoin(rooms, "subscription_lost")
+        marks = {r: mark for r in rooms if (mark := self.hub.high_water(r)) is not None}
+        if marks:
+            task = asyncio.create_task(self._verify_positions(marks), name="verify positions")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _verify_positions(self, marks: dict[str, tuple[int, str]]) -> None:
+        delay = 0.2
+        deadline = time.monotonic() + VERIFY_POSITIONS_S
+        while True:
+            try:
+                found = await self.backend.positions(sorted(marks))
+                break
+            except BACKEND_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    log.warning("could not check %d rooms' positions: %s", len(marks), exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for room, position in found.items():
+            if _went_back(marks[room], position) and room not in self._moving:
+                self._moving.add(room)
+                try:
+                    await self._new_epoch(room, position, None)
+                except BACKEND_ERRORS as exc:
+                    self.metrics.redis_errors.labels("new_epoch").inc()
+                    log.warning("could not start a new epoch for %s: %s", room, exc)
+                finally:
+                    self._moving.discard(room)
 
     def _send_rejoin(self, rooms: list[str], reason: str) -> None:
         for room in rooms:
@@ -659,6 +754,11 @@ class Node:
         while True:
             await self.django.probe_once()
             await asyncio.sleep(self.settings.django_probe_s)
+
+
+def _went_back(seen: tuple[int, str] | None, position: Position) -> bool:
+    """Redis answered below what the node already saw live in the same epoch."""
+    return seen is not None and seen[1] == position.epoch and position.offset < seen[0]
 
 
 def _ts_of(body: bytes) -> int:

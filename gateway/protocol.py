@@ -22,6 +22,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
 )
 
 from gateway.closecodes import ErrorCode
@@ -123,9 +124,22 @@ def _check_amount(value: str) -> str:
     return value
 
 
-IdStr = Annotated[StrictStr, AfterValidator(_check_id)]
-IsoDate = Annotated[StrictStr, AfterValidator(_check_iso_date)]
-Amount = Annotated[StrictStr, AfterValidator(_check_amount)]
+# WithJsonSchema: what the checks accept, for the AsyncAPI document (gateway.asyncapi)
+IdStr = Annotated[
+    StrictStr,
+    AfterValidator(_check_id),
+    WithJsonSchema({"type": "string", "pattern": ID_PATTERN}),
+]
+IsoDate = Annotated[
+    StrictStr,
+    AfterValidator(_check_iso_date),
+    WithJsonSchema({"type": "string", "description": "an ISO 8601 date or date-time"}),
+]
+Amount = Annotated[
+    StrictStr,
+    AfterValidator(_check_amount),
+    WithJsonSchema({"type": "string", "description": "a non-negative decimal string: '25.00'"}),
+]
 Role = Literal["cliente", "proveedor", "admin"]
 
 

@@ -27,6 +27,7 @@ from gateway.backend.redis_publish import HistoryPolicy
 from gateway.events import dumps_payload
 from gateway.rooms import is_valid_room
 
+MAX_EVENT_ID = 128
 SOURCE = "publisher"
 
 
@@ -106,8 +107,11 @@ class _Base:
         type_: str,
         payload: Any,
         idempotency_key: str | None,
+        event_id: str | None = None,
     ) -> tuple[str, list[redis_publish.PublishCall]]:
         payload_json = _check(rooms, type_, payload)
+        if event_id is not None and not 0 < len(event_id) <= MAX_EVENT_ID:
+            raise ValueError(f"event_id must be 1..{MAX_EVENT_ID} characters")
         return redis_publish.build_calls(
             self.keys,
             self.history,
@@ -116,6 +120,7 @@ class _Base:
             payload_json,
             SOURCE,
             sharded=self.cluster,
+            event_id=event_id,
             idempotency_key=idempotency_key,
         )
 
@@ -130,10 +135,19 @@ class Publisher(_Base):
     _clients = (redis.Redis, redis.RedisCluster)
 
     def publish(
-        self, room: str, type: str, payload: Any, idempotency_key: str | None = None
+        self,
+        room: str,
+        type: str,
+        payload: Any,
+        idempotency_key: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> int:
-        """Publish one event to one room; returns its offset in the room."""
-        return self.publish_many([room], type, payload, idempotency_key).offsets[room]
+        """Publish one event to one room; returns its offset in the room. ``event_id`` names the
+        event (its ``id`` when delivered); publishing it again returns the first result."""
+        return self.publish_many([room], type, payload, idempotency_key, event_id=event_id).offsets[
+            room
+        ]
 
     def publish_many(
         self,
@@ -141,9 +155,11 @@ class Publisher(_Base):
         type: str,
         payload: Any,
         idempotency_key: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> PublishResult:
         """Publish one event (one id) to several rooms in one round trip."""
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key)
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
         return redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
 
     def disconnect(self, user_id: str | int) -> int:
@@ -164,9 +180,15 @@ class AsyncPublisher(_Base):
     _clients = (aioredis.Redis, aioredis.RedisCluster)
 
     async def publish(
-        self, room: str, type: str, payload: Any, idempotency_key: str | None = None
+        self,
+        room: str,
+        type: str,
+        payload: Any,
+        idempotency_key: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> int:
-        result = await self.publish_many([room], type, payload, idempotency_key)
+        result = await self.publish_many([room], type, payload, idempotency_key, event_id=event_id)
         return result.offsets[room]
 
     async def publish_many(
@@ -175,8 +197,10 @@ class AsyncPublisher(_Base):
         type: str,
         payload: Any,
         idempotency_key: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> PublishResult:
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key)
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
         return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
 
     async def disconnect(self, user_id: str | int) -> int:

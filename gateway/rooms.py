@@ -39,6 +39,11 @@ def is_valid_room(room: str) -> bool:
     )
 
 
+def is_broadcast_room(room: str) -> bool:
+    """A role-wide room (``all_clientes``, ``all_proveedores``): presence is a count only."""
+    return room in _ROLE_WIDE
+
+
 def check_access(identity: Identity, room: str) -> None:
     """Raise ``invalid_room`` for an unknown name, ``forbidden`` for a room the user may not join.
 
@@ -68,14 +73,33 @@ SENDER_RULES: dict[str, tuple[Role | None, str | None]] = {
 }
 
 
+# Fields that name who acts, by role. In an event any role may send (a comment), such a field,
+# when present, must be the sender's own id, and only the sender's role may name itself: a
+# proveedor (or another cliente) cannot comment as cliente 43 (CONTRACT section 2).
+AUTHOR_FIELDS: dict[Role, str] = {"cliente": "clienteId", "proveedor": "proveedorId"}
+
+
 def check_sender(identity: Identity, event: str, payload: dict[str, Any]) -> None:
     role, own_field = SENDER_RULES[event]
-    if identity.role == "admin" or role is None:
+    if identity.role == "admin":
+        return
+    if role is None:
+        _check_authors(identity, payload)
         return
     if identity.role != role:
         raise ProtocolError(ErrorCode.FORBIDDEN, f"only a {role} may send {event}")
     if own_field and payload.get(own_field) != identity.user_id:
         raise ProtocolError(ErrorCode.FORBIDDEN, f"'{own_field}' must be your own id", own_field)
+
+
+def _check_authors(identity: Identity, payload: dict[str, Any]) -> None:
+    for role, field in AUTHOR_FIELDS.items():
+        if field not in payload:
+            continue
+        if role != identity.role:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"only a {role} may name '{field}'", field)
+        if payload[field] != identity.user_id:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"'{field}' must be your own id", field)
 
 
 def default_rooms(event: str, payload: dict[str, Any]) -> list[str]:

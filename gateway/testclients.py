@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-template",
         default="{role}-{id}",
         help="how a user's token is made: {role} is cliente, proveedor or admin, {id} the "
-        "user id (the test Django site accepts tokens like cliente-7)",
+        "user id. The default suits the Django test site (tests/django_site), which accepts "
+        "tokens like cliente-7: `python deploy/launch.py up --test-django` runs a cluster with it",
     )
     parser.add_argument(
         "--first-id",
@@ -249,6 +250,7 @@ class Report:
     clients: dict[str, int] = field(default_factory=dict)
     connect_failures: list[str] = field(default_factory=list)
     max_failed: int = 0
+    hint: str | None = None  # what to pass when every connection failed the same way
 
     @property
     def exit_code(self) -> int:
@@ -355,8 +357,34 @@ def format_report(report: Report, options: Options) -> str:
         f"duplicates dropped {c.get('duplicates_dropped', 0)}, gaps {c.get('gaps_detected', 0)}",
     ]
     lines += [f"connect failure      {failure}" for failure in report.connect_failures]
+    if report.hint:
+        lines.append(f"hint: {report.hint}")
     lines.append(f"result: {verdict[report.exit_code]}")
     return "\n".join(lines)
+
+
+TEST_SITE_HINT = (
+    "`python deploy/launch.py up --test-django` starts a local cluster whose Django (the test "
+    "site in tests/django_site) accepts them"
+)
+
+
+def auth_hint(failures: Sequence[str], template: str) -> str | None:
+    """One line telling what to pass when the tokens were refused or could not be checked."""
+    if not failures:
+        return None
+    if any("(invalid_token)" in f or "(identity_mismatch)" in f for f in failures):
+        return (
+            f"Django refused the tokens. --token-template {template!r} makes tokens like "
+            f"{render_token(template, 'cliente', 1)!r}; pass --token-template with tokens your "
+            f"Django accepts, or use a Django that accepts these: {TEST_SITE_HINT}"
+        )
+    if any("(auth_unavailable)" in f for f in failures):
+        return (
+            "the gateway could not reach Django to check the tokens: set the nodes' "
+            f"GATEWAY_DJANGO_BASE_URL to a running Django, or {TEST_SITE_HINT}"
+        )
+    return None
 
 
 # --- the scenario -------------------------------------------------------------------------------
@@ -577,6 +605,7 @@ class Scenario:
             error = actor.client.terminal_error
             if error is not None and actor.name not in self._failed_names:
                 report.connect_failures.append(f"{actor.name}: gave up ({error})")
+        report.hint = auth_hint(report.connect_failures, self.options.token_template)
         return report
 
 

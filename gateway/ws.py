@@ -11,14 +11,15 @@ import ipaddress
 import logging
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from gateway.backend.base import Publication
-from gateway.closecodes import CloseCode, ErrorCode
+from gateway.closecodes import ErrorCode
 from gateway.node import Node
 from gateway.protocol import FrameId, ProtocolError
 from gateway.session import Session
-from gateway.wsframes import OPCODE_PING, OPCODE_PONG, ServerClose, ws_frame
+from gateway.wsframes import OPCODE_PING, ServerClose, ws_frame
+from gateway.wstakeover import Upgraded, take_over
 
 log = logging.getLogger("gateway.ws")
 
@@ -99,10 +100,21 @@ class WsTransport:
         self._transport.abort()
 
     def peer_closed(self, code: int | None) -> None:
+        self._closer().peer_closed(code)
+
+    def fail(self) -> None:
+        """After a protocol violation: nothing follows our close frame, the write side ends."""
+        self._closer().end_writing()
+
+    def peer_gone(self) -> None:
+        """The client half-closed without a close frame: end TCP after what is written."""
+        self._closer().peer_gone()
+
+    def _closer(self) -> ServerClose:
         if self.closer is None:
             self._release()
             self.closer = ServerClose(self._transport)
-        self.closer.peer_closed(code)
+        return self.closer
 
 
 async def ping_rounds(node: Node, interval_s: float) -> None:
@@ -161,6 +173,11 @@ def client_ip_of(peer: str, forwarded: str | None, trusted_proxies: list[str]) -
     return hops[0] if hops else peer
 
 
+def from_trusted_proxy(request: web.Request, trusted_proxies: list[str]) -> bool:
+    """Whether the TCP peer is a configured proxy (whose X-Forwarded-* headers are believed)."""
+    return bool(trusted_proxies) and _is_trusted(request.remote or "", trusted_proxies)
+
+
 def _is_trusted(address: str, trusted: list[str]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -208,48 +225,21 @@ def refuse_binary(node: Node, session: Session) -> None:
 
 
 async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
+    """``/ws`` upgraded by aiohttp's route (after other requests on a kept-alive connection, or
+    handed over by the fast path to be refused): once accepted, the connection is served by the
+    fast path's ``WsConnection`` from the 101 on (gateway.wstakeover), frames and all."""
+    from gateway.wsconn import WsConnection  # (gateway.wsconn imports this module)
+
     refused = refuse(node, request)
     if refused is not None:
         return refused
-    settings = node.settings
-    ws = web.WebSocketResponse(
-        max_msg_size=settings.max_message_bytes + 1,  # aiohttp refuses len == max_msg_size
-        compress=False,
-        autoping=False,  # pings and pongs are ours: ping_rounds, one task for every connection
-        autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
-    )
-    await ws.prepare(request)
-    raw = request.transport
-    assert raw is not None
-    transport = WsTransport(raw)
-    session = node.open_session(
-        transport,
-        client_ip(request, settings.trusted_proxies),
-    )
-    try:
-        token = request.query.get("token")
-        if token:
-            await node.authenticate_with(session, token)
-        while True:
-            msg = await ws.receive()
-            transport.seen = True  # alive, whatever it sent (ping_rounds)
-            if msg.type is WSMsgType.TEXT:
-                if not session.closed:  # closing: read on to the client's close frame
-                    await node.handle(session, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                refuse_binary(node, session)
-            elif msg.type is WSMsgType.PING:
-                transport.write(ws_frame(bytes(msg.data), OPCODE_PONG))  # the same payload back
-            elif msg.type is WSMsgType.PONG:
-                pass
-            elif msg.type is WSMsgType.CLOSE:
-                transport.peer_closed(msg.data)
-                break
-            else:  # CLOSING, CLOSED, ERROR: aiohttp has ended the connection itself
-                break
-    finally:
-        code = ws.close_code
-        if ws.exception() is not None and code is None:
-            code = CloseCode.MESSAGE_TOO_BIG
-        await node.close_session(session, code)
-    return ws
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        await web.WebSocketResponse().prepare(request)  # raises aiohttp's 400, which says why
+    conn = WsConnection(node, asyncio.get_running_loop())
+    early = take_over(request, conn)
+    ip = client_ip(request, node.settings.trusted_proxies)
+    conn.accept(b"", request.query.get("token"), ip)
+    if early:
+        conn.data_received(early)
+    await conn.wait_closed()
+    return Upgraded()

@@ -19,23 +19,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import NODE
 from gateway.closecodes import CloseCode
+from gateway.logs import QuietRequestHandler
 from gateway.node import Node
 from gateway.session import Session
 from gateway.ws import WsTransport, client_ip_of, origin_ok, refuse_binary
-from gateway.wsframes import OPCODE_PONG, FrameReader, ws_frame
+from gateway.wsframes import OPCODE_PONG, ws_frame
+from gateway.wsprotocol import PAUSE_INBOX, FrameProtocol
 from gateway.wsupgrade import MAX_HEAD_BYTES, parse_upgrade, switching_protocols
 
 log = logging.getLogger("gateway.ws")
 
 INBOX_BYTES = 1 << 16  # frames read ahead of the node; reading pauses above (as aiohttp's queue)
+ITEM_BYTES = 64  # what an inbox entry costs besides its text: empty frames count too
 _NO_CODE = -1  # a close frame without a status code, in the inbox
+BUSY_503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class _TokenAuth:
@@ -50,38 +54,55 @@ class _TokenAuth:
 _Item = str | bytes | int | _TokenAuth  # text frame, binary frame, close code, authentication
 
 
-class WsConnection(FrameReader, asyncio.Protocol):
+class WsConnection(FrameProtocol):
     __slots__ = (
         "_busy",
+        "_eof",
+        "_hand_over_to",
+        "_handshake",
         "_head",
         "_inbox",
         "_inbox_bytes",
-        "_lost",
+        "_loop",
         "_node",
-        "_paused",
-        "_server",
-        "_transport",
         "session",
         "ws",
     )
 
-    def __init__(self, server: GatewayServer, node: Node) -> None:
-        super().__init__(node.settings.max_message_bytes)
-        self._server = server
+    def __init__(
+        self,
+        node: Node,
+        loop: asyncio.AbstractEventLoop,
+        hand_over_to: Callable[[], RequestHandler] | None = None,
+    ) -> None:
+        settings = node.settings
+        super().__init__(settings.max_message_bytes, settings.ws_heartbeat_s / 2)
         self._node = node
-        self._transport: Any = None
+        self._loop = loop
+        self._hand_over_to = hand_over_to  # aiohttp's protocol, for what is not a plain upgrade
         self._head: bytearray | None = None  # the request head so far, when it came in pieces
+        self._handshake: asyncio.TimerHandle | None = None  # the head's deadline, while counted
         self.session: Session | None = None
         self.ws: WsTransport | None = None
         self._inbox: deque[_Item] | None = None
         self._inbox_bytes = 0
         self._busy = False  # a task is working through the inbox
-        self._paused = False
-        self._lost = False
+        self._eof = False  # the client half-closed
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        self.attach(transport)
+        node = self._node
+        if node.handshakes >= node.settings.max_connections:
+            # unfinished handshakes are bounded too: a slow-loris flood costs at most this many
+            node.metrics.rejected_upgrades.labels("handshakes_full").inc()
+            transport.write(BUSY_503)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        node.handshakes += 1
+        self._handshake = self._loop.call_later(
+            node.settings.handshake_timeout_s, self._handshake_expired
+        )
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
@@ -91,15 +112,33 @@ class WsConnection(FrameReader, asyncio.Protocol):
             self._request_head(data)
 
     def eof_received(self) -> bool | None:
-        return None  # the transport closes; connection_lost follows
+        if self.ws is None:
+            return None  # no upgrade yet: the transport closes
+        return super().eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._lost = True
+        self._handshake_done()
+        super().connection_lost(exc)
         if self.session is not None and not self._busy:
             self._busy = True
-            self._server.loop.create_task(self._finish())
+            self._loop.create_task(self._finish())
 
     # --- the HTTP request -----------------------------------------------------------------
+    def _handshake_done(self) -> None:
+        """The request head is complete (or the connection ended): no longer counted."""
+        timer = self._handshake
+        if timer is not None:
+            self._handshake = None
+            timer.cancel()
+            self._node.handshakes -= 1
+
+    def _handshake_expired(self) -> None:
+        self._handshake = None
+        self._node.handshakes -= 1
+        self._node.metrics.rejected_upgrades.labels("handshake_timeout").inc()
+        log.debug("request head not complete in time: connection closed")
+        self._transport.close()
+
     def _request_head(self, data: bytes) -> None:
         head = self._head
         if head is None:
@@ -120,6 +159,7 @@ class WsConnection(FrameReader, asyncio.Protocol):
                 return
             buf = bytes(head)
             self._head = None
+        self._handshake_done()
         upgrade = parse_upgrade(buf[:end]) if end <= MAX_HEAD_BYTES else None
         if upgrade is None:  # not the plain case (a big head included): aiohttp judges it
             self._hand_over(buf)
@@ -133,23 +173,34 @@ class WsConnection(FrameReader, asyncio.Protocol):
         if not origin_ok(upgrade.origin, settings.allowed_origins) or node.admit(ip) is not None:
             self._hand_over(buf)  # aiohttp's route answers the refusal, as for every refusal
             return
-        ws = self.ws = WsTransport(self._transport)
         answer = switching_protocols(upgrade.key)
-        if upgrade.token and node.django.cached(upgrade.token):
-            ws.hold(answer)  # sent with auth_success (or auth_error): one send, not two
-        else:
-            self._transport.write(answer)  # Django may take a while: upgrade now
-        self.session = node.open_session(ws, ip)
-        if upgrade.token:
-            self._submit(_TokenAuth(upgrade.token))
+        # Django may take a while: upgrade at once unless the token is cached, then the 101
+        # goes with auth_success (or auth_error), one send instead of two
+        hold = bool(upgrade.token) and node.django.cached(upgrade.token or "")
+        self.accept(answer, upgrade.token, ip, hold=hold)
         rest = buf[end + 4 :]
         if rest:
             self.feed(rest)
 
+    def accept(self, answer: bytes, token: str | None, ip: str, hold: bool = False) -> None:
+        """Answer the upgrade (``answer``: the 101, or b"" when it was sent already) and open the
+        session; frames are read from now on."""
+        ws = self.ws = WsTransport(self._transport)
+        if hold:
+            ws.hold(answer)
+        elif answer:
+            self._transport.write(answer)
+        self.session = self._node.open_session(ws, ip)
+        if token:
+            self._submit(_TokenAuth(token))
+
     def _hand_over(self, buf: bytes) -> None:
         """aiohttp serves this connection from its first byte on."""
-        handler = self._server.aiohttp_protocol()
+        self._handshake_done()
+        assert self._hand_over_to is not None
+        handler = self._hand_over_to()
         transport = self._transport
+        transport.set_write_buffer_limits()  # aiohttp's defaults again (see attach)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(buf)
@@ -161,15 +212,35 @@ class WsConnection(FrameReader, asyncio.Protocol):
     def on_binary(self, data: bytes) -> None:
         self._submit(data)
 
-    def on_ping(self, payload: bytes) -> None:
+    def send_pong(self, payload: bytes) -> None:
         self.ws.write(ws_frame(payload, OPCODE_PONG))  # type: ignore[union-attr]
+
+    def on_ping(self, payload: bytes) -> None:
+        super().on_ping(payload)
+        if self.pong_held:  # pinging without reading the pongs is no sign of life
+            self.ws.seen = False  # type: ignore[union-attr]
 
     def on_close(self, code: int | None) -> None:
         self._submit(_NO_CODE if code is None else code)
 
     def on_violation(self, code: int, reason: str) -> None:
-        log.info("connection %s broke the protocol: %s", self.session.id, reason)  # type: ignore[union-attr]
-        self.session.close(code, reason)  # type: ignore[union-attr]
+        session = self.session
+        assert session is not None and self.ws is not None
+        log.info("connection %s broke the protocol: %s", session.id, reason)
+        session.close(code, reason)
+        self.ws.fail()  # our close frame is the last thing sent: the write side ends now
+
+    def on_eof(self) -> None:
+        self._eof = True
+        if not self._busy:
+            self._end_after_eof()
+
+    def _end_after_eof(self) -> None:
+        """Everything the client sent before its FIN is answered: send it, then end TCP (no
+        close frame can come any more, whether or not we started closing)."""
+        assert self.session is not None and self.ws is not None
+        self.session.flush()
+        self.ws.peer_gone()
 
     # --- the inbox: frames handled one after the other, in order --------------------------
     def _submit(self, item: _Item) -> None:
@@ -178,15 +249,13 @@ class WsConnection(FrameReader, asyncio.Protocol):
             if inbox is None:
                 inbox = self._inbox = deque()
             inbox.append(item)
-            if type(item) is str or type(item) is bytes:
-                self._inbox_bytes += len(item)
-                if self._inbox_bytes > INBOX_BYTES and not self._paused:
-                    self._paused = True
-                    self._transport.pause_reading()
+            self._inbox_bytes += _cost(item)
+            if self._inbox_bytes > INBOX_BYTES:
+                self.pause(PAUSE_INBOX)
             return
         if type(item) is str or type(item) is _TokenAuth:
             self._busy = True
-            self._server.loop.create_task(self._work(item))
+            self._loop.create_task(self._work(item))
         else:
             self._handle_now(item)
 
@@ -221,16 +290,15 @@ class WsConnection(FrameReader, asyncio.Protocol):
             if not inbox:
                 break
             item = inbox.popleft()
-            if type(item) is str or type(item) is bytes:
-                self._inbox_bytes -= len(item)
-            if self._paused and self._inbox_bytes <= INBOX_BYTES // 4:
-                self._paused = False
-                if not self._lost:
-                    self._transport.resume_reading()
+            self._inbox_bytes -= _cost(item)
+            if self._inbox_bytes <= INBOX_BYTES // 4:
+                self.resume(PAUSE_INBOX)
         if self._lost:
             await self._finish()
-        else:
-            self._busy = False
+            return
+        self._busy = False
+        if self._eof:
+            self._end_after_eof()
 
     async def _finish(self) -> None:
         session = self.session
@@ -240,6 +308,13 @@ class WsConnection(FrameReader, asyncio.Protocol):
         await self._node.close_session(session, code)
 
 
+def _cost(item: _Item) -> int:
+    """Inbox bytes of an entry: its text (or binary data) and a fixed overhead."""
+    if type(item) is str or type(item) is bytes:
+        return len(item) + ITEM_BYTES
+    return ITEM_BYTES
+
+
 class GatewayServer(web.Server):
     """aiohttp's Server, with ``WsConnection`` in front of every connection it accepts."""
 
@@ -247,10 +322,12 @@ class GatewayServer(web.Server):
     loop: asyncio.AbstractEventLoop
 
     def __call__(self) -> WsConnection:  # type: ignore[override]
-        return WsConnection(self, self.node)
+        return WsConnection(self.node, self.loop, self.aiohttp_protocol)
 
     def aiohttp_protocol(self) -> RequestHandler:
-        return super().__call__()
+        handler = super().__call__()
+        handler.__class__ = QuietRequestHandler  # same slots: only handle_error differs
+        return handler
 
 
 class GatewayRunner(web.AppRunner):

@@ -94,6 +94,26 @@ class ServerClose:
         if not self._transport.is_closing():
             self._transport.close()
 
+    def end_writing(self) -> None:
+        """After a protocol violation (RFC 6455 section 7.1.7, "fail the connection"): our close
+        frame is the last thing written, so the write side ends at once (FIN after it) instead of
+        waiting for the client's close frame; the client, which may have sent its own close
+        already (an invalid one), sees the TCP connection end promptly. Reading goes on (the
+        client may still be sending: unread data would make the kernel answer RST and lose our
+        close frame) until the client closes its side, or the timer aborts."""
+        transport = self._transport
+        if not transport.is_closing() and transport.can_write_eof():
+            transport.write_eof()
+
+    def peer_gone(self) -> None:
+        """The client half-closed without a close frame (it sends nothing more, but may still
+        read): what is written goes out, then TCP closes; aborted if it is not read in time."""
+        self._done = True
+        if not self._transport.is_closing():
+            self._transport.close()
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.timeout_s, self.abort)
+
     def abort(self) -> None:
         """Drop the connection without waiting (the client does not answer, or never reads)."""
         self._cancel_timer()
@@ -111,7 +131,9 @@ OPCODE_CONTINUATION = 0x0
 OPCODE_BINARY = 0x2
 PROTOCOL_ERROR = 1002
 INVALID_PAYLOAD = 1007
+POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+MAX_FRAGMENTS = 1000  # frames of one message (CONTRACT section 2): close 1009 beyond
 # Close codes a client may send (RFC 6455 section 7.4; 1012-1014 registered since), and 3000-4999.
 _PEER_CLOSE_CODES = frozenset(
     (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014)
@@ -134,14 +156,20 @@ class FrameReader:
     ``on_ping(bytes)``, ``on_close(code or None)``, and ``on_violation(code, reason)`` once
     when the client breaks the protocol: 1002 (unmasked frame, reserved bits, bad opcode,
     bad fragmentation, bad control frame or close code), 1007 (text or close reason not UTF-8),
-    1009 (a message over ``max_size``, refused from its header, before its payload is read).
+    1009 (a message over ``max_size`` or in more than ``MAX_FRAGMENTS`` frames).
+    Opcode, fragmentation and size are judged from the header, in that order, before any
+    payload is kept: a frame that would be refused is never buffered, and a large frame with a
+    reserved opcode is a protocol error (1002), not a big message (1009).
     After a violation the reader keeps its place in the stream and reports only the close
     frame, so the closing handshake can still complete; payloads are skipped, not buffered.
+    Memory per connection: one frame being read (at most ``max_size`` plus its header) and one
+    message's fragments (at most ``max_size`` bytes in at most ``MAX_FRAGMENTS`` frames).
     """
 
     __slots__ = (
         "_chunks",
         "_have",
+        "_msg_frames",
         "_msg_op",
         "_msg_size",
         "_need",
@@ -160,6 +188,7 @@ class FrameReader:
         self._msg_op = 0  # opcode of a fragmented message in progress
         self._parts: list[bytes] = []
         self._msg_size = 0
+        self._msg_frames = 0  # frames of the fragmented message so far
         self._skip = 0  # payload bytes still to drop (a frame refused or read after a violation)
 
     # the callbacks -----------------------------------------------------------------------
@@ -216,18 +245,7 @@ class FrameReader:
                 head += 4
             opcode = b0 & 0x0F
             size = head + length
-            # judged from the header, before any payload is kept: a data message over the
-            # limit, or a control frame over 125 bytes (RFC 6455 section 5.5)
-            if opcode >= 8:
-                too_big = length > 125
-            else:
-                too_big = (self._msg_size if opcode == 0 else 0) + length > self.max_size
-            if too_big or (self.failed and opcode != OPCODE_CLOSE):
-                if not self.failed:
-                    if opcode >= 8:
-                        self._violate(PROTOCOL_ERROR, "control frames are at most 125 bytes")
-                    else:
-                        self._violate(MESSAGE_TOO_BIG, "message too big")
+            if self._refused(b0, opcode, length):  # judged before any payload is kept
                 if end - pos < size:  # drop the rest of it as it arrives, never buffer it
                     self._skip = size - (end - pos)
                     return None
@@ -245,6 +263,42 @@ class FrameReader:
             return None
         return buf[pos:]
 
+    def _refused(self, b0: int, opcode: int, length: int) -> bool:
+        """Whether a frame is refused from its header alone (its payload is then skipped):
+        after a violation everything but a close frame; otherwise a reserved opcode, a bad
+        control frame (RFC 6455 section 5.5), a frame out of fragmentation order, a message in
+        too many fragments, and (last) one over the size limit."""
+        if self.failed:
+            return opcode != OPCODE_CLOSE
+        if opcode >= 8:
+            if opcode > OPCODE_PONG:
+                self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            elif length > 125:
+                self._violate(PROTOCOL_ERROR, "control frames are at most 125 bytes")
+            elif not b0 & 0x80:
+                self._violate(PROTOCOL_ERROR, "control frames must not be fragmented")
+            else:
+                return False
+            return True
+        if opcode > OPCODE_BINARY:
+            self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        elif opcode == OPCODE_CONTINUATION:
+            if not self._msg_op:
+                self._violate(PROTOCOL_ERROR, "continuation frame without a message")
+            elif self._msg_frames >= MAX_FRAGMENTS:
+                self._violate(MESSAGE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
+            elif self._msg_size + length > self.max_size:
+                self._violate(MESSAGE_TOO_BIG, "message too big")
+            else:
+                return False
+        elif self._msg_op:
+            self._violate(PROTOCOL_ERROR, "new message inside a fragmented one")
+        elif length > self.max_size:
+            self._violate(MESSAGE_TOO_BIG, "message too big")
+        else:
+            return False
+        return True
+
     def _frame(self, b0: int, masked: int, opcode: int, payload: bytes) -> None:
         if self.failed:  # only the close frame still matters
             if opcode == OPCODE_CLOSE:
@@ -256,36 +310,25 @@ class FrameReader:
         if not masked:
             self._violate(PROTOCOL_ERROR, "client frames must be masked")
             return
+        # opcode, fragmentation order and sizes were judged from the header (_refused)
         fin = b0 & 0x80
         if opcode >= 8:
-            if not fin:  # (their length was judged from the header)
-                self._violate(PROTOCOL_ERROR, "control frames must not be fragmented")
-            elif opcode == OPCODE_CLOSE:
+            if opcode == OPCODE_CLOSE:
                 self._close(payload)
             elif opcode == OPCODE_PING:
                 self.on_ping(payload)
-            elif opcode != OPCODE_PONG:
-                self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
             return
         if opcode == OPCODE_CONTINUATION:
-            if not self._msg_op:
-                self._violate(PROTOCOL_ERROR, "continuation frame without a message")
-                return
             self._parts.append(payload)
             self._msg_size += len(payload)
+            self._msg_frames += 1
             if not fin:
                 return
             opcode, payload = self._msg_op, b"".join(self._parts)
-            self._msg_op, self._parts, self._msg_size = 0, [], 0
-        elif opcode in (OPCODE_TEXT, OPCODE_BINARY):
-            if self._msg_op:
-                self._violate(PROTOCOL_ERROR, "new message inside a fragmented one")
-                return
-            if not fin:
-                self._msg_op, self._parts, self._msg_size = opcode, [payload], len(payload)
-                return
-        else:
-            self._violate(PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            self._msg_op, self._parts, self._msg_size, self._msg_frames = 0, [], 0, 0
+        elif not fin:
+            self._msg_op, self._parts, self._msg_size = opcode, [payload], len(payload)
+            self._msg_frames = 1
             return
         if opcode == OPCODE_TEXT:
             try:
@@ -315,7 +358,7 @@ class FrameReader:
 
     def _violate(self, code: int, reason: str) -> None:
         self.failed = True
-        self._msg_op, self._parts, self._msg_size = 0, [], 0
+        self._msg_op, self._parts, self._msg_size, self._msg_frames = 0, [], 0, 0
         self.on_violation(code, reason)
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 
-from gateway.__main__ import install_uvloop
-from gateway.config import ConfigError, load_settings
-from gateway.logs import setup_logging
+from gateway.cli import parse_command_line, require_server
 
 log = logging.getLogger("worker")
 
@@ -18,7 +17,13 @@ NEEDS_REDIS = (
 )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    parse_command_line("gateway-worker", argv)  # --help / --version: print and exit 0
+    require_server("gateway-worker")
+    from gateway.__main__ import install_uvloop
+    from gateway.config import ConfigError, load_settings
+    from gateway.logs import setup_logging
+
     try:
         settings = load_settings()
     except ConfigError as exc:

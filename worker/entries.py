@@ -22,6 +22,7 @@ FIELDS = frozenset({"room", "rooms", "type", "payload", "idempotency_key"})
 _TYPE_RE = re.compile(TYPE_PATTERN)
 # Event ids of ingest entries are derived from the stream entry id, so a retried or re-claimed
 # entry carries the same event id in every room it reaches.
+EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a52-8f0e-4b1e-9a57-2f0d1c3b7e41")
 
 
@@ -102,6 +103,9 @@ def parse_entry(stream: str, entry_id: str, raw_fields: dict[bytes, bytes]) -> I
     key = fields.get("idempotency_key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidEntry(f"field 'idempotency_key' must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    event_id = fields.get("event_id")
+    if event_id is not None and not EVENT_ID.fullmatch(event_id):
+        raise InvalidEntry("field 'event_id' must be 1..128 characters of A-Za-z0-9_.:-")
     return IngestEvent(
         entry_id=entry_id,
         rooms=rooms,
@@ -110,5 +114,5 @@ def parse_entry(stream: str, entry_id: str, raw_fields: dict[bytes, bytes]) -> I
         # without a key of its own, the stream entry id is the key: a re-claimed entry that
         # was published before its worker died is then not delivered twice
         idempotency_key=key if key is not None else f"ingest:{entry_id}",
-        event_id=uuid.uuid5(_EVENT_ID_NAMESPACE, f"{stream}/{entry_id}").hex,
+        event_id=event_id or uuid.uuid5(_EVENT_ID_NAMESPACE, f"{stream}/{entry_id}").hex,
     )

@@ -6,19 +6,23 @@ published (or moved to the dead-letter stream), so a worker that dies leaves its
 entries pending; live workers claim entries that stayed pending longer than
 ``GATEWAY_INGEST_CLAIM_IDLE_S`` and handle them like new ones. Each publish carries an
 idempotency key (the entry's own, else one derived from the entry id), so an entry published by
-a worker that died before acknowledging it is not delivered twice when it is claimed again.
+a worker that died before acknowledging it is not delivered twice when it is claimed again. The
+key is remembered for ``idempotency_window_s``: at least as long as the longest reclaim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
 
+from gateway.backend.base import IDEMPOTENCY_TTL_S
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.config import Settings
@@ -34,8 +38,28 @@ MAX_DELIVERIES = 5  # an entry that failed to publish this many times goes to th
 DEAD_MAXLEN = 100_000  # approximate cap of the dead-letter stream
 STATS_EVERY_S = 5.0
 
+CLAIM_SLACK_S = 60  # a claim round's own batches, a slow Redis: margin on top of the claims
+
 Entry = tuple[str, dict[bytes, bytes]]
 STOPPED: Any = object()  # what a retried step returns when the worker stops during an outage
+
+
+def claim_every_s(claim_idle_s: float) -> float:
+    """How often a worker looks for entries left pending by others."""
+    return min(5.0, claim_idle_s / 2)
+
+
+def idempotency_window_s(claim_idle_s: float) -> int:
+    """How long an ingest publish's idempotency key must live, in seconds.
+
+    An entry published by a worker that then died (or failed to acknowledge it) is published
+    again when another worker claims it: at the earliest ``claim_idle_s`` after its last
+    delivery, at the latest one claim round later. A multi-room entry that failed in one room is
+    claimed again up to ``MAX_DELIVERIES`` times, and the rooms that succeeded on the first try
+    must still recognise it on the last. So the key outlives ``MAX_DELIVERIES`` claims, plus a
+    margin; never less than the contract's 5 minutes (``IDEMPOTENCY_TTL_S``)."""
+    longest_reclaim = MAX_DELIVERIES * (claim_idle_s + claim_every_s(claim_idle_s))
+    return max(IDEMPOTENCY_TTL_S, math.ceil(longest_reclaim + CLAIM_SLACK_S))
 
 
 def _s(value: Any) -> str:
@@ -64,9 +88,10 @@ class IngestConsumer:
         self.consumer = settings.worker_id
         self.batch = settings.ingest_batch
         self.claim_idle_ms = max(1, int(settings.ingest_claim_idle_s * 1000))
-        self.claim_every_s = min(5.0, settings.ingest_claim_idle_s / 2)
+        self.claim_every_s = claim_every_s(settings.ingest_claim_idle_s)
         self.sharded = settings.cluster_mode
-        self.policy = policy
+        window_s = idempotency_window_s(settings.ingest_claim_idle_s)
+        self.policy = dataclasses.replace(policy, idempotency_ttl_s=window_s)
         self.metrics = metrics
         self.stopping = stopping
         self._group_ready = False

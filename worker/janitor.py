@@ -3,10 +3,12 @@ across all workers.
 
 Liveness is by leases (a node's lease expires ``GATEWAY_NODE_LEASE_S`` after its last
 heartbeat); the sweep is the second line of defence that clears a dead node's connections,
-memberships and presence. It is ``RedisState.cleanup()`` — the same call ``POST
-/dashboard/cleanup`` makes on a node — run under the ``janitor`` lease so two workers never sweep
-at once. It also forgets ingest consumers that have been idle for an hour with nothing pending
-(each worker restart adds a consumer named after its ``GATEWAY_WORKER_ID``).
+memberships and presence, at a cost of what the dead node held (``redis_janitor``). It is
+``RedisState.cleanup()`` — the same call ``POST /dashboard/cleanup`` makes on a node — run under
+the ``janitor`` lease, which the dashboard's cleanup takes too, so no two sweeps overlap. The
+lease is held only while a sweep runs; the other workers skip the rest of the period on the
+``job_period`` key. It also forgets ingest consumers that have been idle for an hour with nothing
+pending (each worker restart adds a consumer named after its ``GATEWAY_WORKER_ID``).
 """
 
 from __future__ import annotations
@@ -50,18 +52,32 @@ class Janitor:
         self.consumer = settings.worker_id
         self.metrics = metrics
         self.stopping = stopping
-        self._ticks = LeasedTicks("janitor", self.lease, metrics, self.interval_s, REDIS_ERRORS)
+        self._ticks = LeasedTicks(
+            "janitor", self.lease, metrics, self.interval_s, REDIS_ERRORS, linger=False
+        )
+        self.period_key = self.keys.job_period("janitor")
+        self.period_ms = max(1, int(0.8 * self.interval_s * 1000))
 
     async def run(self) -> None:
         while not await sleep_unless(self.stopping, self.interval_s):
             await self.tick()
 
     async def tick(self) -> dict[str, int] | None:
-        """One sweep if no other worker is sweeping: what was removed, or None."""
+        """One sweep if no other worker swept this period or is sweeping: what was removed,
+        or None."""
+        try:
+            swept = await self.client.exists(self.period_key)
+        except REDIS_ERRORS:
+            swept = 0  # the tick reports the outage
+        if swept:
+            self.metrics.lease_skips.labels("janitor").inc()
+            return None
         return await self._ticks.tick(self.sweep)
 
     async def sweep(self) -> dict[str, int]:
         removed = await self.state.cleanup()
+        # this period is done: the other workers skip it (set while we still hold the lease)
+        await self.client.set(self.period_key, self.consumer, px=self.period_ms)
         removed["consumers"] = await self._forget_idle_consumers()
         self.metrics.janitor_sweeps.inc()
         for kind, n in removed.items():

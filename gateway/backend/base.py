@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 IDEMPOTENCY_TTL_S = 300
+# How long an event id the gateway made itself is remembered against a retried publish script:
+# redis-py retries a command once after its socket timeout (5 s), so this covers it with room.
+GENERATED_EVENT_DEDUPE_TTL_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,17 @@ class Backend(Protocol):
         idempotency_key: str | None = None,
     ) -> PublishResult: ...
 
-    async def history_since(self, room: str, since: Position | None) -> Recovery: ...
+    async def history_since(self, room: str, since: Position | None) -> Recovery:
+        """The room's position and, when history covers ``since``, what came after it. Creates
+        nothing: a room never published to is at offset 0 of ``UNPUBLISHED_EPOCH``, and a
+        ``since`` at offset 0 (nothing seen) is covered by any epoch's history from offset 1."""
+
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
+        """The rooms' positions now, in one round trip per server (nothing is created)."""
+
+    async def new_epoch(self, room: str, old_epoch: str) -> Position:
+        """Move the room out of ``old_epoch`` (if it is still in it) into a new epoch, dropping
+        its history: Redis went back in time. Returns the room's position afterwards."""
 
     async def control(self, message: ControlMessage) -> None:
         """Send a control message to every node (this one included)."""
@@ -196,7 +209,12 @@ class Backend(Protocol):
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None: ...
 
-    async def presence(self, room: str) -> list[PresenceMember]: ...
+    async def presence(self, room: str) -> list[PresenceMember]:
+        """The room's members, cluster-wide, with their connection counts. Not for broadcast
+        rooms (``all_clientes``, ``all_proveedores``), which keep a count only: ``room_count``."""
+
+    async def room_count(self, room: str) -> int:
+        """How many connections are in the room, cluster-wide; O(1) whatever its size."""
 
     async def user_connections(self, user_id: str) -> int:
         """How many connections the user has open, cluster-wide."""
@@ -223,4 +241,5 @@ class Backend(Protocol):
         """Events published in each of the last 60 minutes, oldest first."""
 
     async def cleanup(self) -> dict[str, int]:
-        """Remove state of dead nodes and stale presence; report what was removed."""
+        """Remove state of dead nodes; report what was removed. Idempotent, and never
+        overlapping another sweep of the cluster (``leases.LeaseBusy`` when one runs too long)."""

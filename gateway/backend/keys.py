@@ -27,6 +27,11 @@ class Keys:
         """string ``offset:epoch:eventId``; TTL 300 s."""
         return f"{self.prefix}:room:{{{room}}}:idem:{key}"
 
+    def room_event(self, room: str, event_id: str) -> str:
+        """string ``offset:epoch:eventId`` of the event published with that id (dedupe of
+        retries: one event, one offset); TTL as idempotency keys."""
+        return f"{self.prefix}:room:{{{room}}}:eid:{event_id}"
+
     def room_presence(self, room: str) -> str:
         """hash connectionId -> ``userId\\x1frole\\x1fnode``."""
         return f"{self.prefix}:room:{{{room}}}:presence"
@@ -131,6 +136,13 @@ class Keys:
     def events_series_by_type(self) -> str:
         """hash type -> events of that type over the last 60 minutes, rolled up by the worker."""
         return f"{self.prefix}:{{g}}:epm:series:types"
+
+    # --- janitor (appended) -------------------------------------------------------------------
+    def job_period(self, job: str) -> str:
+        """string: set (PX, most of a period) by the worker that ran ``job`` this period; the
+        other workers skip their tick while it lives. The job's lease is released at once, so
+        ``POST /dashboard/cleanup`` waits only while a sweep actually runs."""
+        return f"{self.prefix}:lease:{job}:period"
 
     # --- Socket.IO (appended) ---------------------------------------------------------------
     def sio_record(self, pid: str) -> str:

@@ -26,7 +26,7 @@ from gateway.backend.base import (
     ResyncHandler,
 )
 from gateway.backend.pages import page_after
-from gateway.events import build_body, new_epoch, new_event_id, now_ms
+from gateway.events import UNPUBLISHED_EPOCH, build_body, new_epoch, new_event_id, now_ms
 
 EVENT_LOG_SIZE = 1000
 
@@ -108,20 +108,22 @@ class MemoryBackend:
         event_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> PublishResult:
+        # A caller's event id publishes once, like an idempotency key (it may retry with it).
+        dedupe = idempotency_key or (f"\x00{event_id}" if event_id else None)
         event_id = event_id or new_event_id()
         ts = now_ms()
         offsets: dict[str, int] = {}
         duplicate = False
         for room in rooms:
-            seen = self._idempotency_hit(room, idempotency_key)
+            seen = self._idempotency_hit(room, dedupe)
             if seen is not None:
                 offsets[room], event_id, duplicate = seen[1], seen[3], True
                 continue
             pub = self._append(room, build_body(room, type_, payload_json, event_id, ts, source))
             offsets[room] = pub.offset
-            if idempotency_key:
+            if dedupe:
                 expires = time.monotonic() + IDEMPOTENCY_TTL_S
-                self._idempotency[(room, idempotency_key)] = (
+                self._idempotency[(room, dedupe)] = (
                     expires,
                     pub.offset,
                     pub.epoch,
@@ -159,15 +161,36 @@ class MemoryBackend:
         self._per_minute[ts // 60000] += 1
 
     async def history_since(self, room: str, since: Position | None) -> Recovery:
-        state = self._room(room)
+        now = time.monotonic()
+        state = self._rooms.get(room)
+        if state is None or state.meta_expires_at <= now:  # nothing published: nothing created
+            position = Position(offset=0, epoch=UNPUBLISHED_EPOCH)
+            covered = since is not None and since.offset == 0
+            return Recovery(position=position, recovered=covered)
+        if state.expires_at <= now:
+            state.history.clear()
         position = Position(offset=state.offset, epoch=state.epoch)
-        if since is None or since.epoch != state.epoch or since.offset > state.offset:
+        if since is None or since.offset > state.offset:
+            return Recovery(position=position, recovered=False)
+        if since.offset > 0 and since.epoch != state.epoch:
             return Recovery(position=position, recovered=False)
         missed = [p for p in state.history if p.offset > since.offset]
         expected = state.offset - since.offset
         if len(missed) != expected:
             return Recovery(position=position, recovered=False)
         return Recovery(position=position, recovered=True, publications=missed)
+
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
+        return {room: (await self.history_since(room, None)).position for room in rooms}
+
+    async def new_epoch(self, room: str, old_epoch: str) -> Position:
+        state = self._rooms.get(room)
+        if state is None or state.meta_expires_at <= time.monotonic():
+            return Position(offset=0, epoch=UNPUBLISHED_EPOCH)
+        if state.epoch == old_epoch:
+            state.epoch = new_epoch()
+            state.history.clear()
+        return Position(offset=state.offset, epoch=state.epoch)
 
     async def control(self, message: ControlMessage) -> None:
         if self._on_control is not None:
@@ -213,6 +236,9 @@ class MemoryBackend:
             (c.user_id, c.role) for c in self._presence.get(room, {}).values()
         )
         return [PresenceMember(u, r, n) for (u, r), n in sorted(counts.items())]
+
+    async def room_count(self, room: str) -> int:
+        return len(self._presence.get(room, ()))
 
     async def user_connections(self, user_id: str) -> int:
         return sum(1 for c in self._connections.values() if c.user_id == user_id)

@@ -40,9 +40,11 @@ from gateway.backend.keys import Keys
 from gateway.backend.pubsub_link import Endpoint, PubSubLink
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
-from gateway.events import new_epoch, now_ms
+from gateway.events import UNPUBLISHED_EPOCH, new_epoch, now_ms
 
 log = logging.getLogger("gateway.redis")
+
+POSITIONS_BATCH = 1000
 
 
 def plain_url(url: str) -> str:
@@ -278,8 +280,8 @@ class RedisBackend:
             scripts.load(scripts.HISTORY),
             [self.keys.room_meta(room), self.keys.room_history(room)],
             [
-                new_epoch(),
-                max(self.history.meta_ttl_s, self.history.ttl_s),
+                UNPUBLISHED_EPOCH,
+                0,
                 since.offset if since else -1,
                 since.epoch if since else "",
             ],
@@ -301,6 +303,34 @@ class RedisBackend:
     async def history_since(self, room: str, since: Position | None) -> Recovery:
         script, keys, args = self._history_call(room, since)
         return self._recovery(room, await script.run(self.client, keys, args))
+
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
+        found: dict[str, Position] = {}
+        for i in range(0, len(rooms), POSITIONS_BATCH):  # bounded pipelines on big nodes
+            chunk = rooms[i : i + POSITIONS_BATCH]
+            pipe = self.client.pipeline(transaction=False)
+            for room in chunk:
+                pipe.hmget(self.keys.room_meta(room), ["epoch", "offset"])
+            for room, (epoch, offset) in zip(chunk, await pipe.execute(), strict=True):
+                if epoch is None:
+                    found[room] = Position(0, UNPUBLISHED_EPOCH)
+                else:
+                    found[room] = Position(int(offset or 0), epoch.decode())
+        return found
+
+    async def new_epoch(self, room: str, old_epoch: str) -> Position:
+        result = await scripts.load(scripts.NEW_EPOCH).run(
+            self.client,
+            [self.keys.room_meta(room), self.keys.room_history(room)],
+            [
+                old_epoch,
+                new_epoch(),
+                max(self.history.meta_ttl_s, self.history.ttl_s),
+                UNPUBLISHED_EPOCH,
+            ],
+        )
+        epoch = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        return Position(offset=int(result[0]), epoch=epoch)
 
     async def join_and_recover(
         self,
@@ -339,6 +369,9 @@ class RedisBackend:
     async def presence(self, room: str) -> list[PresenceMember]:
         return await self.state.presence(room)
 
+    async def room_count(self, room: str) -> int:
+        return await self.state.room_count(room)
+
     async def user_connections(self, user_id: str) -> int:
         return await self.state.user_connections(user_id)
 
@@ -365,4 +398,5 @@ class RedisBackend:
         return await self.state.events_per_minute(now_ms_)
 
     async def cleanup(self) -> dict[str, int]:
-        return await self.state.cleanup(exclude={self._node_id})
+        # under the worker janitor's lease: a dashboard cleanup never overlaps its sweep
+        return await self.state.cleanup_exclusive(self._node_id, exclude={self._node_id})

@@ -14,7 +14,11 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.backend import scripts
-from gateway.backend.base import IDEMPOTENCY_TTL_S, PublishResult
+from gateway.backend.base import (
+    GENERATED_EVENT_DEDUPE_TTL_S,
+    IDEMPOTENCY_TTL_S,
+    PublishResult,
+)
 from gateway.backend.keys import Keys
 from gateway.events import build_body, new_epoch, new_event_id, now_ms
 
@@ -26,6 +30,8 @@ class HistoryPolicy:
     size: int = 100
     ttl_s: int = 600
     meta_ttl_s: int = 86400
+    # how long an idempotency key is remembered; the worker raises it to cover its reclaims
+    idempotency_ttl_s: int = IDEMPOTENCY_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,11 @@ def build_calls(
 ) -> tuple[str, list[PublishCall]]:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+    # A caller's event id (or idempotency key) may be retried by the caller for as long as an
+    # idempotency key; one we make is only retried by redis-py, within seconds.
+    # (the worker's policy lengthens it to cover its reclaims: worker.ingest.idempotency_window_s)
+    caller_ttl = policy.idempotency_ttl_s
+    dedupe_ttl = caller_ttl if event_id or idempotency_key else GENERATED_EVENT_DEDUPE_TTL_S
     event_id = event_id or new_event_id()
     ts = now_ms()
     epoch = new_epoch()
@@ -57,10 +68,15 @@ def build_calls(
     calls = []
     for room in rooms:
         body = build_body(room, type_, payload_json, event_id, ts, source)
+        dedupe = (
+            keys.room_idempotency(room, idempotency_key)
+            if idempotency_key
+            else keys.room_event(room, event_id)
+        )
         call_keys = [
             keys.room_meta(room),
             keys.room_history(room),
-            keys.room_idempotency(room, idempotency_key or "-"),
+            dedupe,
             keys.events,
             keys.events_minute(ts // 60000),
         ]
@@ -71,8 +87,8 @@ def build_calls(
             policy.ttl_s,
             max(policy.meta_ttl_s, policy.ttl_s),
             epoch,
-            "1" if idempotency_key else "",
-            IDEMPOTENCY_TTL_S,
+            "1",  # always deduplicated: a retried call must not give the event a second offset
+            dedupe_ttl,
             "SPUBLISH" if sharded else "PUBLISH",
             event_id,
             record_inline,

@@ -1,12 +1,18 @@
 """Cluster-wide state in Redis: connections, memberships, presence, node leases, dashboard
 indexes, and the janitor that removes what dead nodes left behind. Used by nodes and the worker.
 
-Never KEYS or SCAN: every question is answered from named indexes of bounded size.
+Never KEYS or SCAN: every question is answered from named indexes of bounded size. A node's
+memberships set is the truth about who is in which room: room counts change by what ``SADD`` /
+``SREM`` on it changed. Broadcast rooms (``all_clientes``, ``all_proveedores``) keep a count
+only, no presence hash: every cliente is in ``all_clientes``, and ``presence`` of it answers the
+count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,11 +23,17 @@ from gateway.backend import scripts
 from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
 from gateway.backend.batch import make_batcher
 from gateway.backend.keys import Keys
+from gateway.backend.leases import Lease, LeaseBusy, run_under_lease
+from gateway.backend.redis_janitor import Sweeper
+from gateway.rooms import is_broadcast_room
 
 log = logging.getLogger("gateway.redis")
 
 SEP = "\x1f"
 MAX_PAGE = 1000
+CLEANUP_WAIT_S = 10.0  # a dashboard cleanup waits this long for the worker's sweep to end
+CLEANUP_POLL_S = 0.1
+CLEANUP_LEASE_TTL_S = 10.0  # renewed every third while the sweep runs
 
 
 def _s(value: Any) -> str:
@@ -59,11 +71,13 @@ class RedisState:
         self, pipe: Any, conn: ConnectionInfo, delta: int, rooms: Sequence[str], info: bytes
     ) -> None:
         k = self.keys
-        keys = [k.node_memberships(conn.node), k.client_info, k.room_members, k.rooms]
+        keys = [k.node_memberships(conn.node), k.client_info, k.room_members, k.rooms, k.nodes]
         keys += [k.room_presence(room) for room in rooms]
         value = SEP.join((conn.user_id, conn.role, conn.node))
+        flags = "".join("0" if is_broadcast_room(room) else "1" for room in rooms)
         script = scripts.load(scripts.MEMBERSHIP)
-        pipe.evalsha(script.sha, len(keys), *keys, delta, conn.connection_id, value, info, *rooms)
+        args = (delta, conn.connection_id, value, info, conn.node, _now_ms(), flags)
+        pipe.evalsha(script.sha, len(keys), *keys, *args, *rooms)
 
     def _queue_connection(self, pipe: Any, conn: ConnectionInfo, add: bool) -> None:
         k = self.keys
@@ -153,7 +167,7 @@ class RedisState:
         self._queue_connection(pipe, conn, add=False)
         pipe.hdel(self.keys.client_info, conn.connection_id)
         results = await pipe.execute()
-        gone = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        gone = [room for room, r in zip(rooms, results[1::2], strict=False) if int(r) == 1]
         if gone:
             await self._count(-1, gone)
 
@@ -164,12 +178,20 @@ class RedisState:
         value = SEP.join((conn.user_id, conn.role, conn.node))
         pipe = self.client.pipeline(transaction=False)
         for room in rooms:
-            pipe.hset(k.room_presence(room), conn.connection_id, value)
             pipe.sadd(k.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
+            if not is_broadcast_room(room):
+                pipe.hset(k.room_presence(room), conn.connection_id, value)
         pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, all_rooms))
+        pipe.zadd(k.nodes, {conn.node: _now_ms()}, nx=True)
         results = await pipe.execute()
-        # count only memberships that are new (HSET answers 1 for a new field)
-        new_rooms = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        # count only memberships that are new (SADD answers 1 for a new member)
+        added = iter(results)
+        new_rooms = []
+        for room in rooms:
+            if int(next(added)) == 1:
+                new_rooms.append(room)
+            if not is_broadcast_room(room):
+                next(added)
         if new_rooms:
             await self._count(1, new_rooms)
 
@@ -180,11 +202,12 @@ class RedisState:
         self._queue_leave(pipe, conn, rooms)
         pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, all_rooms))
         results = await pipe.execute()
-        gone = [room for room, r in zip(rooms, results[0::2], strict=False) if int(r) == 1]
+        gone = [room for room, r in zip(rooms, results[1::2], strict=False) if int(r) == 1]
         if gone:
             await self._count(-1, gone)
 
     def _queue_leave(self, pipe: Any, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        """HDEL, SREM per room: the SREM answers are what counts (results[1::2])."""
         for room in rooms:
             pipe.hdel(self.keys.room_presence(room), conn.connection_id)
             pipe.srem(self.keys.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
@@ -194,26 +217,29 @@ class RedisState:
             self.client, [self.keys.room_members, self.keys.rooms], [delta, *rooms]
         )
 
-    async def live_nodes(self) -> set[str]:
-        """Nodes whose lease has not expired."""
-        names = [_s(n) for n in await self.client.zrange(self.keys.nodes, 0, -1)]
-        if not names:
+    async def presence(self, room: str) -> list[PresenceMember]:
+        """The room's members, without those of dead nodes the janitor has not swept yet: the
+        leases of the nodes that appear in the room are checked, never every node's."""
+        raw = await self.client.hgetall(self.keys.room_presence(room))
+        entries = [_s(value).split(SEP) for value in raw.values()]
+        nodes = sorted({node for _, _, node in entries})
+        alive = await self._alive(nodes)
+        counts: Counter[tuple[str, str]] = Counter(
+            (user_id, role) for user_id, role, node in entries if node in alive
+        )
+        return [PresenceMember(u, r, n) for (u, r), n in sorted(counts.items())]
+
+    async def _alive(self, nodes: Sequence[str]) -> set[str]:
+        if not nodes:
             return set()
         pipe = self.client.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(self.keys.node_lease(name))
-        alive = await pipe.execute()
-        return {name for name, ok in zip(names, alive, strict=True) if ok}
+        for node in nodes:
+            pipe.exists(self.keys.node_lease(node))
+        return {node for node, ok in zip(nodes, await pipe.execute(), strict=True) if ok}
 
-    async def presence(self, room: str) -> list[PresenceMember]:
-        raw = await self.client.hgetall(self.keys.room_presence(room))
-        alive = await self.live_nodes()
-        counts: Counter[tuple[str, str]] = Counter()
-        for value in raw.values():
-            user_id, role, node = _s(value).split(SEP)
-            if node in alive:
-                counts[(user_id, role)] += 1
-        return [PresenceMember(u, r, n) for (u, r), n in sorted(counts.items())]
+    async def room_count(self, room: str) -> int:
+        """Connections in the room, cluster-wide: one field read whatever the room's size."""
+        return int(await self.client.hget(self.keys.room_members, room) or 0)
 
     async def user_connections(self, user_id: str) -> int:
         return int(await self.client.scard(self.keys.user_connections(user_id)))
@@ -297,65 +323,37 @@ class RedisState:
 
     # --- janitor ------------------------------------------------------------------------------
     async def remove_node(self, node: str) -> dict[str, int]:
-        """Remove a node's connections, memberships, presence and registry entry."""
+        """A node's own deregistration (drain, shutdown): drop its lease, then its state."""
         k = self.keys
-        memberships = [_s(m) for m in await self.client.smembers(k.node_memberships(node))]
-        connections = [_s(c) for c in await self.client.smembers(k.node_connections(node))]
-        infos = await self.client.hmget(k.client_info, connections) if connections else []
         pipe = self.client.pipeline(transaction=False)
-        for conn_id, info in zip(connections, infos, strict=True):
-            if info is not None:
-                pipe.srem(k.user_connections(str(orjson.loads(info)["userId"])), conn_id)
-        by_room: dict[str, list[str]] = {}
-        for member in memberships:
-            room, conn_id = member.split(SEP, 1)
-            by_room.setdefault(room, []).append(conn_id)
-        for room, conn_ids in by_room.items():
-            pipe.hdel(k.room_presence(room), *conn_ids)
-        if connections:
-            pipe.zrem(k.clients, *connections)
-            pipe.hdel(k.client_info, *connections)
-        pipe.delete(k.node_memberships(node), k.node_connections(node), k.node_lease(node))
-        pipe.zrem(k.nodes, node)
-        results = await pipe.execute()
-        skip = sum(1 for info in infos if info is not None)
-        presence_removed = sum(int(r) for r in results[skip : skip + len(by_room)])
-        for room, conn_ids in by_room.items():
-            await self._count(-len(conn_ids), [room])
-        return {
-            "nodes": 1,
-            "connections": len(connections),
-            "memberships": len(memberships),
-            "presence": presence_removed,
-        }
+        pipe.delete(k.node_lease(node))
+        pipe.zscore(k.nodes, node)
+        _, score = await pipe.execute()
+        sweeper = Sweeper(self.client, k, cluster=self.cluster)
+        removed = await sweeper.sweep_node(node, None if score is None else float(score))
+        return removed.as_dict()
 
     async def cleanup(self, exclude: set[str] | None = None) -> dict[str, int]:
-        removed = {"nodes": 0, "connections": 0, "memberships": 0, "presence": 0}
-        names = [_s(n) for n in await self.client.zrange(self.keys.nodes, 0, -1)]
-        alive = await self.live_nodes()
-        for node in names:
-            if node in alive or (exclude and node in exclude):
-                continue
-            log.info("removing state of dead node %s", node)
-            for key, n in (await self.remove_node(node)).items():
-                removed[key] += n
-        removed["presence"] += await self._sweep_stale_presence(alive | (exclude or set()))
-        return removed
+        """Remove the state of every node whose lease expired (the caller holds the janitor's
+        lease, or accepts overlapping a sweep: either way nothing is counted twice)."""
+        sweeper = Sweeper(self.client, self.keys, cluster=self.cluster)
+        return (await sweeper.sweep(exclude or set())).as_dict()
 
-    async def _sweep_stale_presence(self, alive: set[str]) -> int:
-        """Second line of defence: presence entries whose node is not alive (e.g. a node that
-        died before it was registered). Walks the bounded room index, never the keyspace."""
-        removed = 0
-        cursor: str | None = None
+    async def cleanup_exclusive(
+        self, owner: str, exclude: set[str] | None = None, wait_s: float = CLEANUP_WAIT_S
+    ) -> dict[str, int]:
+        """``cleanup`` under the worker janitor's lease (``POST /dashboard/cleanup``): waits up
+        to ``wait_s`` for a sweep in progress to end; ``LeaseBusy`` if it does not."""
+        lease = Lease(self.client, self.keys.lease("janitor"), owner, CLEANUP_LEASE_TTL_S)
+        deadline = time.monotonic() + wait_s
         while True:
-            rooms, _ = await self._lex_page(self.keys.rooms, 200, cursor)
-            page = rooms[:200]
-            for room in page:
-                entries = await self.client.hgetall(self.keys.room_presence(room))
-                stale = [c for c, v in entries.items() if _s(v).split(SEP)[2] not in alive]
-                if stale:
-                    removed += int(await self.client.hdel(self.keys.room_presence(room), *stale))
-                    await self._count(-len(stale), [room])
-            if len(rooms) <= 200:
+            ran, removed = await run_under_lease(lease, lambda: self.cleanup(exclude))
+            if ran and removed is not None:
                 return removed
-            cursor = page[-1]
+            if time.monotonic() >= deadline:
+                raise LeaseBusy("the janitor is sweeping; retry")
+            await asyncio.sleep(CLEANUP_POLL_S)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -67,5 +67,6 @@ def load(name: str) -> LuaScript:
 
 PUBLISH = "publish"
 HISTORY = "history"
+NEW_EPOCH = "new_epoch"
 ROOM_COUNT = "room_count"
 MEMBERSHIP = "membership"

@@ -17,11 +17,19 @@ class GatewayError(Exception):
     ``terminal``: reconnecting cannot help (bad token, disconnected by the server).
     """
 
-    def __init__(self, code: str, message: str = "", field: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str = "",
+        field: str | None = None,
+        fields: JsonObject | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}" if message else code)
         self.code = code
         self.message = message
         self.field = field
+        # Django's per-field messages of a `rejected` event: {"fecha": ["..."]}
+        self.fields = fields
 
     @property
     def terminal(self) -> bool:
@@ -30,10 +38,12 @@ class GatewayError(Exception):
     @classmethod
     def from_data(cls, data: JsonObject) -> GatewayError:
         field_name = data.get("field")
+        fields = data.get("fields")
         return cls(
             str(data.get("code", "error")),
             str(data.get("message", "")),
             field_name if isinstance(field_name, str) else None,
+            fields if isinstance(fields, dict) else None,
         )
 
 

@@ -212,7 +212,10 @@ class RoomTracker:
             return Verdict.DUPLICATE
         if strict and cursor.epoch is not None:
             last = cursor.floor if cursor.floor is not None else cursor.offset
-            if epoch != cursor.epoch or offset > last + 1:
+            # At offset 0 nothing was seen: a room's first event (offset 1) is next in any epoch
+            # (a room nothing was published to reports a placeholder epoch until its first event).
+            first = last == 0 and offset == 1
+            if not first and (epoch != cursor.epoch or offset > last + 1):
                 return Verdict.RESYNC
         self._advance(cursor, event)
         return Verdict.DELIVER

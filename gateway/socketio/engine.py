@@ -309,6 +309,11 @@ class EngineSession:
         if self.socket is not None:
             await self.socket.room()
 
+    async def drain(self) -> None:
+        """The client half-closed: let the core answer everything it sent."""
+        if self.socket is not None:
+            await self.socket.drain()
+
     def receive(self, text: str | bytes) -> None:
         """One packet from the current transport (a POST's, or a WebSocket frame)."""
         assert self.socket is not None

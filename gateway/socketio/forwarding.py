@@ -51,6 +51,8 @@ log = logging.getLogger("gateway.socketio")
 MAX_PENDING = 10_000  # forwarded requests waiting for an answer, per node
 MAX_OUTBOX = 100_000  # messages waiting to be published, per node
 SERVICE_RESTART = 1012
+DRAIN_S = 5.0
+QUIET_S = 0.2
 INTERNAL_ERROR = 1011
 JSON = "application/json"
 Counted = Callable[[int], None]
@@ -527,6 +529,17 @@ class Relay:
 
     async def room(self) -> None:
         return  # the owner bounds what waits for its core (INBOX_MAX)
+
+    async def drain(self) -> None:
+        """The client half-closed: give the owner's answers time to come (until none has come
+        for ``QUIET_S``, at most ``DRAIN_S``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_S
+        while not self.ended and loop.time() < deadline:
+            seen = self._seq_in
+            await asyncio.sleep(QUIET_S)
+            if self._seq_in == seen:
+                return
 
     # --- the owner's packets --------------------------------------------------------------------
     def deliver(self, seq: int, payload: bytes) -> None:

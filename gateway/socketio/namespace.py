@@ -57,6 +57,7 @@ TRACK: Final = "sio:track"
 INBOX_PACKETS = 32  # packets read ahead of the core before reading pauses
 INBOX_MAX = 512  # ... and where a sender that cannot be paused (another node) is cut off
 POLICY_VIOLATION = 1008
+DRAIN_TIMEOUT_S = 5.0
 
 # /ws closes that a Socket.IO client gets as a DISCONNECT packet ("io server disconnect": it
 # does not reconnect by itself); any other close is a transport close (it reconnects).
@@ -195,6 +196,15 @@ class SocketLayer:
     async def room(self) -> None:
         """Wait until the core has caught up enough to read more from this client."""
         await self._room.wait()
+
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Until every packet read so far was handled (at most ``timeout_s``), and one more
+        loop turn, in which the core's replies are written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while (worker := self._worker) is not None:
+                    await asyncio.shield(worker)
+        await asyncio.sleep(0)
 
     async def _work(self) -> None:
         try:

@@ -7,10 +7,11 @@ Two ways in:
   socket becomes its carrier after the probe; when another node does, this node relays the
   socket to it (``forwarding.Relay``) for the life of the connection.
 
-This module owns the socket: ``SioTransport`` writes frames and runs the closing handshake
-(gateway.wsframes), ``read_frames`` reads them into whatever the socket carries (an
-``EngineSession`` here, or a ``Relay``). The Engine.IO and Socket.IO state is ``engine``'s and
-``namespace``'s.
+This module owns the socket: after aiohttp has parsed and routed the upgrade request, the
+gateway's own frame reader takes the connection over (gateway.wstakeover: the bounds and rules
+of ``/ws``); ``SioTransport`` writes frames and runs the closing handshake (gateway.wsframes);
+``read_frames`` reads messages into whatever the socket carries (an ``EngineSession`` here, or a
+``Relay``). The Engine.IO and Socket.IO state is ``engine``'s and ``namespace``'s.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import asyncio
 import logging
 from typing import Protocol
 
-from aiohttp import WebSocketError, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from gateway.socketio.codec import UNKNOWN_SID, EngineErrorCode, Handshake, HandshakeError
 from gateway.socketio.engine import ABNORMAL_CLOSURE, Carrier, RequestRefused
 from gateway.socketio.forwarding import ForwardError, OwnerGone
 from gateway.socketio.sessions import Server, error_response, owner_of
 from gateway.wsframes import ServerClose, ws_frame
+from gateway.wstakeover import MessageStream, Upgraded, take_over
 
 log = logging.getLogger("gateway.socketio")
 
@@ -42,15 +44,17 @@ class Sink(Protocol):
     async def room(self) -> None:
         """Wait until more frames may be read (backpressure)."""
 
+    async def drain(self) -> None:
+        """The client half-closed: answer what it sent before the connection ends."""
+
 
 class SioTransport:
     """One Socket.IO WebSocket, written to: ``send`` frames each packet; ``close`` sends the
     close frame after what is already written; nothing here blocks."""
 
-    __slots__ = ("_closing", "_transport", "close_code", "close_reason", "closer", "ws")
+    __slots__ = ("_closing", "_transport", "close_code", "close_reason", "closer")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
+    def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None  # set once the upgrade is answered
         self.closer: ServerClose | None = None  # made when the connection starts to close
         self.close_code: int | None = None
@@ -68,7 +72,7 @@ class SioTransport:
 
     def write(self, data: bytes) -> None:
         transport = self._transport
-        if transport is not None and not self._closing and not transport.is_closing():
+        if transport is not None and self.closer is None and not transport.is_closing():
             transport.write(data)
 
     def buffer_size(self) -> int:
@@ -76,14 +80,14 @@ class SioTransport:
 
     def close(self, code: int, reason: str) -> None:
         """Start closing; never blocks (the close frame goes after what is written)."""
-        if self._closing or self._transport is None:
-            self._closing = True
+        if self._closing:
             return
         self._closing = True
         self.close_code = code
         self.close_reason = reason
-        self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
-        self.closer.start(code, reason)
+        if self._transport is not None:
+            self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
+            self.closer.start(code, reason)
 
     @property
     def closing(self) -> bool:
@@ -101,11 +105,27 @@ class SioTransport:
             self.closer.abort()  # and its timer
 
     def closed_by_error(self, code: int, reason: str) -> None:
-        """aiohttp has closed the socket itself (a message over ``max_payload``: 1009)."""
-        if self.close_code is None:
-            self.close_code = code
-            self.close_reason = reason
-        self._closing = True
+        """The client broke the WebSocket protocol (gateway.wsframes.FrameReader: 1002, 1007,
+        1008 for unread pongs, 1009): our close frame is the last thing sent and the write side
+        ends at once (``ServerClose.end_writing``)."""
+        log.info("socket.io connection broke the protocol: %s", reason)
+        self.close(code, reason)
+        if self.closer is not None:
+            self.closer.end_writing()
+
+    def end(self) -> None:
+        """The connection is done on our side: end TCP after what is written (the client
+        half-closed, or its close handshake is under way; ``ServerClose`` bounds the wait)."""
+        if self._transport is None:
+            return
+        if self.closer is None:
+            self.closer = ServerClose(self._transport, CLOSE_TIMEOUT_S)
+        self.closer.peer_gone()
+
+    @property
+    def peer_code(self) -> int | None:
+        """The code of the client's close frame, if one came."""
+        return self.closer.peer_code if self.closer is not None else None
 
     def peer_closed(self, code: int | None) -> None:
         """The client's close frame: answer it (or end our own close) and end the connection."""
@@ -117,10 +137,11 @@ class SioTransport:
         self.closer.peer_closed(code)
 
 
-async def read_frames(ws: web.WebSocketResponse, carrier: SioTransport, sink: Sink) -> int:
-    """Read the socket into ``sink`` until it ends; the close code it ended with."""
+async def read_frames(stream: MessageStream, carrier: SioTransport, sink: Sink) -> bool:
+    """Read the socket into ``sink`` until it ends; True when the client half-closed (it
+    sends nothing more but still reads its answers)."""
     while True:
-        msg = await ws.receive()
+        msg = await stream.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             if carrier.closing:
                 continue  # closing: read on until the close handshake, but act on nothing
@@ -128,31 +149,43 @@ async def read_frames(ws: web.WebSocketResponse, carrier: SioTransport, sink: Si
             await sink.room()
         elif msg.type is WSMsgType.CLOSE:
             carrier.peer_closed(msg.data)
-            break
-        else:  # CLOSING, CLOSED or ERROR: aiohttp has ended the connection itself
-            if isinstance(msg.data, WebSocketError):  # e.g. 1009, which aiohttp has sent
-                carrier.closed_by_error(int(msg.data.code), str(msg.data))
-            break
-    return int(carrier.close_code or ws.close_code or ABNORMAL_CLOSURE)
+            return False
+        elif msg.type is WSMsgType.ERROR:  # a protocol violation: close, read on
+            carrier.closed_by_error(int(msg.data.code), str(msg.data))
+        else:  # CLOSING: the client half-closed (HALF_CLOSED); CLOSED: the connection is gone
+            return msg.type is WSMsgType.CLOSING and not carrier.closing
 
 
-def _response(options_max_payload: int) -> web.WebSocketResponse:
-    return web.WebSocketResponse(
-        # aiohttp refuses a message of exactly max_msg_size bytes; maxPayload is the largest
-        # packet accepted, as in Engine.IO
-        max_msg_size=options_max_payload + 1,
-        compress=False,  # one frame per event, written to every member
-        autoping=True,
-        autoclose=False,  # we answer the client's close frame (wsframes.ServerClose)
-        timeout=CLOSE_TIMEOUT_S,
-    )
-
-
-async def _accept(request: web.Request, ws: web.WebSocketResponse, carrier: SioTransport) -> None:
-    await ws.prepare(request)
+def _accept(request: web.Request, server: Server, carrier: SioTransport) -> MessageStream:
+    """Answer the upgrade; the gateway's frame reader reads the connection from now on."""
+    options = server.options
+    stream = MessageStream(options.max_payload, options.ping_timeout_s / 2)
+    early = take_over(request, stream)
     transport = request.transport
     assert transport is not None  # set for a request that was just upgraded
     carrier.bind(transport)
+    stream.writer = carrier
+    if early:
+        stream.data_received(early)
+    return stream
+
+
+async def _serve(stream: MessageStream, carrier: SioTransport, sink: Sink) -> None:
+    """Read until the connection ends; then the sink learns why, and TCP ends."""
+    half_closed = False
+    try:
+        half_closed = await read_frames(stream, carrier, sink)
+        if half_closed:
+            await sink.drain()
+    finally:
+        code = carrier.close_code or carrier.peer_code or ABNORMAL_CLOSURE
+        sink.carrier_ended(carrier, code)
+        carrier.end()
+        await stream.wait_closed()
+
+
+def _upgradable(request: web.Request) -> bool:
+    return bool(web.WebSocketResponse().can_prepare(request).ok)
 
 
 async def open_websocket(request: web.Request, server: Server, ip: str) -> web.StreamResponse:
@@ -160,9 +193,10 @@ async def open_websocket(request: web.Request, server: Server, ip: str) -> web.S
     refused = server.refuse(request)
     if refused is not None:
         return refused
-    ws = _response(server.options.max_payload)
-    carrier = SioTransport(ws)
-    await _accept(request, ws, carrier)
+    if not _upgradable(request):
+        return error_response(HandshakeError(400, EngineErrorCode.BAD_REQUEST, "Bad handshake"))
+    carrier = SioTransport()
+    stream = _accept(request, server, carrier)
     engine = server.new_engine(request, ip, carrier)
     options = server.options
     carrier.send(
@@ -175,14 +209,8 @@ async def open_websocket(request: web.Request, server: Server, ip: str) -> web.S
             ).encode()
         ]
     )
-    code = ABNORMAL_CLOSURE
-    try:
-        code = await read_frames(ws, carrier, engine)
-    finally:
-        engine.carrier_ended(carrier, code)
-        if not ws.closed:
-            await ws.close()
-    return ws
+    await _serve(stream, carrier, engine)
+    return Upgraded()
 
 
 async def upgrade(request: web.Request, server: Server, sid: str) -> web.StreamResponse:
@@ -190,8 +218,9 @@ async def upgrade(request: web.Request, server: Server, sid: str) -> web.StreamR
     refused = server.origin_refused(request)
     if refused is not None:
         return refused
-    ws = _response(server.options.max_payload)
-    carrier = SioTransport(ws)
+    if not _upgradable(request):
+        return error_response(HandshakeError(400, EngineErrorCode.BAD_REQUEST, "Bad handshake"))
+    carrier = SioTransport()
     engine = server.registry.get(sid)
     sink: Sink
     try:
@@ -206,15 +235,13 @@ async def upgrade(request: web.Request, server: Server, sid: str) -> web.StreamR
         return error_response(HandshakeError(400, EngineErrorCode.BAD_REQUEST, str(exc)))
     except ForwardError as exc:
         return error_response(HandshakeError(503, EngineErrorCode.BAD_REQUEST, str(exc)))
-    code = ABNORMAL_CLOSURE
     try:
-        await _accept(request, ws, carrier)
-        code = await read_frames(ws, carrier, sink)
-    finally:
-        sink.carrier_ended(carrier, code)
-        if not ws.closed:
-            await ws.close()
-    return ws
+        stream = _accept(request, server, carrier)
+    except BaseException:
+        sink.carrier_ended(carrier, ABNORMAL_CLOSURE)
+        raise
+    await _serve(stream, carrier, sink)
+    return Upgraded()
 
 
 async def _relay(server: Server, sid: str, carrier: SioTransport) -> Sink:

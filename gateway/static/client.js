@@ -37,26 +37,31 @@ export class GatewayError extends Error {
    * @param {string} code e.g. `validation_error`, `forbidden`, `timeout`, `connection_lost`
    * @param {string} [message]
    * @param {string|null} [field] the payload field a `validation_error` is about
+   * @param {object|null} [fields] Django's per-field messages of a `rejected` event
    */
-  constructor(code, message = "", field = null) {
+  constructor(code, message = "", field = null, fields = null) {
     super(message ? `${code}: ${message}` : code);
     this.name = "GatewayError";
     this.code = code;
     this.field = field;
+    /** e.g. `{fecha: ["La fecha no puede estar en el pasado."]}` (DRF field errors) */
+    this.fields = fields;
     /** Reconnecting cannot help (bad token, disconnected by the server). */
     this.terminal = false;
   }
 
-  /** @param {{code?: string, message?: string, field?: string}} data */
+  /** @param {{code?: string, message?: string, field?: string, fields?: object}} data */
   static fromData(data) {
-    return new this(String(data.code ?? "error"), String(data.message ?? ""), data.field ?? null);
+    const fields = data.fields && typeof data.fields === "object" ? data.fields : null;
+    const field = typeof data.field === "string" ? data.field : null;
+    return new this(String(data.code ?? "error"), String(data.message ?? ""), field, fields);
   }
 }
 
 /** `auth_error`; `terminal` means retrying with this token is pointless. */
 export class AuthError extends GatewayError {
-  constructor(code, message = "", field = null) {
-    super(code, message, field);
+  constructor(code, message = "", field = null, fields = null) {
+    super(code, message, field, fields);
     this.name = "AuthError";
     this.terminal = TERMINAL_AUTH_CODES.includes(code);
   }
@@ -265,7 +270,9 @@ export class RoomTracker {
     }
     if (strict && c.epoch !== null) {
       const last = c.floor !== null ? c.floor : c.offset;
-      if (pos.epoch !== c.epoch || pos.offset > last + 1) return Verdict.RESYNC;
+      // At offset 0 nothing was seen: a room's first event (offset 1) is next in any epoch.
+      const first = last === 0 && pos.offset === 1;
+      if (!first && (pos.epoch !== c.epoch || pos.offset > last + 1)) return Verdict.RESYNC;
     }
     this._advance(c, event);
     return Verdict.DELIVER;

@@ -1186,7 +1186,30 @@ function wireControls() {
   });
 }
 
+// ---- narrow screens: each row of a table becomes a card of "label: value" lines ------------
+
+/** Give each cell of `table` its column's header as `data-label` (shown by the CSS under
+ * 600 px, where the header row is hidden), for the rows there now and every row added later. */
+function labelColumns(table) {
+  const labels = [...table.tHead.rows[0].cells].map((th) => th.textContent.trim());
+  const label = (row) => {
+    if (row.classList.contains("empty-row")) return;
+    [...row.cells].forEach((cell, i) => {
+      if (labels[i]) cell.setAttribute("data-label", labels[i]);
+    });
+  };
+  for (const body of table.tBodies) {
+    [...body.rows].forEach(label);
+    new MutationObserver((changes) => {
+      for (const change of changes) {
+        for (const node of change.addedNodes) if (node instanceof HTMLTableRowElement) label(node);
+      }
+    }).observe(body, { childList: true });
+  }
+}
+
 function start() {
+  document.querySelectorAll("table.cards-narrow").forEach(labelColumns);
   wireControls();
   updateEventCount();
   connectFeed();

@@ -141,3 +141,35 @@ async def test_rejected_by_django(make_node: Any, django_site: Any) -> None:
         event = await delivered(got, "service_3", ack["eventId"])
     assert [e["id"] for e in got.events] == [event["id"]]  # the rejected one never came
     assert len((await django_site.acalls())["events"]) == 2
+
+
+async def test_django_field_errors_reach_the_caller(make_node: Any, django_site: Any) -> None:
+    """DRF field errors of a rejected event come back in ``GatewayError.fields`` (CONTRACT
+    section 6), next to Django's message; an error without them has ``fields`` None."""
+    node = await make_node()
+    async with GatewayClient(node.ws_url, "cliente-11") as cliente:
+        with pytest.raises(GatewayError) as caught:
+            await cliente.create_reservation(
+                clienteId="11", proveedorId="12", servicioId="3", fecha="1999-05-04"
+            )
+        assert caught.value.code == "rejected"
+        assert caught.value.fields == {"fecha": ["La fecha no puede estar en el pasado."]}
+        assert caught.value.message
+        assert caught.value.field is None
+        with pytest.raises(GatewayError) as plain:
+            await cliente.create_comment(servicioId="3")
+        assert plain.value.code == "validation_error" and plain.value.fields is None
+
+
+def test_from_data_keeps_every_part_of_an_error() -> None:
+    data = {"code": "rejected", "message": "no", "field": "x", "fields": {"x": ["bad"]}}
+    error = GatewayError.from_data(data)
+    assert (error.code, error.message, error.field, error.fields) == (
+        "rejected",
+        "no",
+        "x",
+        {"x": ["bad"]},
+    )
+    assert (
+        GatewayError.from_data({"code": "rejected", "fields": ["not", "a", "dict"]}).fields is None
+    )

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gateway.backend.base import ControlMessage, Position, PresenceMember
-from gateway.events import now_ms
+from gateway.events import UNPUBLISHED_EPOCH, now_ms
 from tests.contract.harness import UNSUBSCRIBE_DELAY_S, Harness, node_stats
 
 
@@ -180,13 +180,13 @@ async def test_history_since(backend: Harness) -> None:
     b = backend.backend
     fresh = await b.history_since("room_a", None)
     assert fresh.recovered is False and fresh.publications == []
-    assert fresh.position.offset == 0
-    epoch = fresh.position.epoch
-    assert isinstance(epoch, str) and epoch
-    # an empty room at its own position is fully recovered
-    assert (await b.history_since("room_a", Position(0, epoch))).recovered is True
+    # nothing published: offset 0 of the placeholder epoch, and reading it created nothing
+    assert fresh.position == Position(0, UNPUBLISHED_EPOCH)
+    assert (await b.history_since("room_a", fresh.position)).recovered is True
     results = await backend.publish("room_a", 4)
     ids = [r.event_id for r in results]
+    epoch = (await b.history_since("room_a", None)).position.epoch
+    assert isinstance(epoch, str) and epoch and epoch != UNPUBLISHED_EPOCH
 
     async def since(offset: int, of_epoch: str = epoch) -> Any:
         recovery = await b.history_since("room_a", Position(offset, of_epoch))
@@ -199,9 +199,46 @@ async def test_history_since(backend: Harness) -> None:
         assert [p.offset for p in recovery.publications] == list(range(offset + 1, 5))
         assert [body(p)["id"] for p in recovery.publications] == ids[offset:]
         assert all(p.epoch == epoch and p.room == "room_a" for p in recovery.publications)
+    # a client that joined before the first publish (offset 0, placeholder epoch) gets it all
+    joined_early = await since(0, UNPUBLISHED_EPOCH)
+    assert [p.offset for p in joined_early.publications] == [1, 2, 3, 4]
     for refused in (await since(2, "other-epoch"), await since(5), await since(99)):
         assert (refused.recovered, refused.publications) == (False, [])
     assert (await b.history_since("room_a", None)).recovered is False
+
+
+async def test_an_event_id_publishes_once(backend: Harness) -> None:
+    """A retried publish with the same event id (a caller's retry, or redis-py's after a
+    timeout) returns the first result: one event, one offset."""
+    b = backend.backend
+    await b.subscribe("room_a")
+    first = await b.publish(["room_a"], "test", b'{"v":1}', "api", event_id="ev-1")
+    again = await b.publish(["room_a"], "test", b'{"v":1}', "api", event_id="ev-1")
+    other = await b.publish(["room_a"], "test", b'{"v":2}', "api", event_id="ev-2")
+    assert (first.duplicate, again.duplicate, other.duplicate) == (False, True, False)
+    assert first.offsets == again.offsets == {"room_a": 1}
+    assert other.offsets == {"room_a": 2}
+    await backend.barrier()
+    assert [p.offset for p in backend.publications if p.room == "room_a"] == [1, 2]
+
+
+async def test_new_epoch_moves_the_room_once(backend: Harness) -> None:
+    b = backend.backend
+    assert await b.new_epoch("room_a", "anything") == Position(0, UNPUBLISHED_EPOCH)
+    await backend.publish("room_a", 3)
+    old = (await b.history_since("room_a", None)).position
+    moved = await b.new_epoch("room_a", old.epoch)
+    assert moved.offset == 3 and moved.epoch not in (old.epoch, UNPUBLISHED_EPOCH)
+    # a second node noticing the same thing does not move it again
+    assert await b.new_epoch("room_a", old.epoch) == moved
+    # the old epoch's history is gone: nobody recovers across the move
+    gone = await b.history_since("room_a", Position(1, old.epoch))
+    assert (gone.recovered, gone.position) == (False, moved)
+    assert (await b.history_since("room_a", Position(0, UNPUBLISHED_EPOCH))).recovered is False
+    [result] = await backend.publish("room_a")
+    assert result.offsets == {"room_a": 4}  # offsets keep counting in the new epoch
+    after = await b.history_since("room_a", moved)
+    assert [(p.offset, p.epoch) for p in after.publications] == [(4, moved.epoch)]
 
 
 async def test_history_keeps_only_the_latest_n_events(make_backend: Any) -> None:
@@ -254,9 +291,11 @@ async def test_history_lives_ttl_after_the_last_publish_then_the_epoch_changes(
     assert lost.position.epoch != epoch
     [result] = await harness.publish("room_a")
     assert result.offsets == {"room_a": 1}
+    assert lost.position.epoch == UNPUBLISHED_EPOCH
     after = await b.history_since("room_a", Position(0, lost.position.epoch))
     assert after.recovered is True
-    assert [(p.offset, p.epoch) for p in after.publications] == [(1, lost.position.epoch)]
+    [pub] = after.publications
+    assert pub.offset == 1 and pub.epoch not in (epoch, UNPUBLISHED_EPOCH)
 
 
 # --- membership and presence ----------------------------------------------------------------------
@@ -282,6 +321,35 @@ async def test_presence_aggregates_connections_per_user(backend: Harness) -> Non
     assert await b.presence("room_a") == [PresenceMember("u1", "cliente", 1)]
     await b.remove_connection(c1, ["room_a"])
     assert await b.presence("room_a") == []
+
+
+async def test_room_count_counts_connections_of_broadcast_and_other_rooms(
+    backend: Harness,
+) -> None:
+    """``presence`` of ``all_clientes`` / ``all_proveedores`` answers this count (contract v3
+    section 2); every room has one."""
+    b = backend.backend
+    c1, c2, c3 = backend.conn("u1"), backend.conn("u1"), backend.conn("u2")
+    await b.add_connection(c1, ["cliente_u1", "all_clientes"])
+    await b.add_connection(c2, ["cliente_u1", "all_clientes"])
+    await b.add_connection(c3)
+    await b.join(c3, ["all_clientes", "service_1"], ["all_clientes", "service_1"])
+    await b.join(c1, ["all_clientes"], ["cliente_u1", "all_clientes"])  # again: counts once
+    assert await b.room_count("all_clientes") == 3
+    assert await b.room_count("cliente_u1") == 2
+    assert await b.room_count("service_1") == 1
+    assert await b.room_count("all_proveedores") == 0
+    page = await b.list_rooms(100, None)
+    assert {i["room"]: i["members"] for i in page.items}["all_clientes"] == 3
+    await b.leave(c3, ["all_clientes"], ["service_1"])
+    await b.leave(c3, ["all_clientes"], ["service_1"])  # again: counts once
+    assert await b.room_count("all_clientes") == 2
+    await b.remove_connection(c2, ["cliente_u1", "all_clientes"])
+    assert await b.room_count("all_clientes") == 1
+    assert await b.room_count("cliente_u1") == 1
+    await b.deregister()
+    assert await b.room_count("all_clientes") == 0
+    assert (await b.list_rooms(100, None)).total == 0
 
 
 async def test_join_leave_remove_update_rooms_and_clients(backend: Harness) -> None:
@@ -433,3 +501,12 @@ async def test_heartbeat_and_nodes_snapshot(backend: Harness) -> None:
     assert mine["rssBytes"] == 1000
     assert isinstance(mine["lastSeenMs"], int) and abs(mine["lastSeenMs"] - now_ms()) < 10_000
     assert await b.ready() is True
+
+
+async def test_positions_reads_rooms_without_creating_them(backend: Harness) -> None:
+    b = backend.backend
+    await backend.publish("room_a", 2)
+    found = await b.positions(["room_a", "room_never"])
+    epoch = (await b.history_since("room_a", None)).position.epoch
+    assert found == {"room_a": Position(2, epoch), "room_never": Position(0, UNPUBLISHED_EPOCH)}
+    assert (await b.history_since("room_never", None)).position == Position(0, UNPUBLISHED_EPOCH)

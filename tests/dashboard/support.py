@@ -203,7 +203,7 @@ def vm_rss_bytes() -> int:
 
 GHOST = "ghost-node"
 GHOST_USERS = ("901", "902")
-PHANTOM = "phantom-node"  # wrote presence but never registered (died before its heartbeat)
+PHANTOM = "phantom-node"  # joined rooms but never sent a heartbeat (its first join indexed it)
 
 
 def _now_ms() -> int:

@@ -4,12 +4,14 @@ local processes; a WebSocket client through the balancer; then everything is gon
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,11 +25,13 @@ launch = load_launch()
 
 
 def pid_alive(pid: int) -> bool:
+    """Running (a zombie is not: where PID 1 does not reap orphans, a process that ``up
+    --detach`` left behind stays a zombie after it exits)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def through_the_balancer(topo: Any) -> None:
@@ -110,3 +114,61 @@ def test_command_line_check_and_sigterm() -> None:
     assert "stopped" in up.stdout.read()
     up.stdout.close()
     assert not pid_alive(node_pid) and launch.port_is_free(port)
+
+
+def _launch(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(DEPLOY / "launch.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+
+
+def test_detach_testclients_out_of_the_box_then_down() -> None:
+    """The README's path: ``up --detach --test-django``, ``gateway-testclients`` with its
+    default tokens against the balancer (exit 0), then ``down`` from another command stops
+    every process and frees every port."""
+    port = launch.free_ports(1)[0]
+    up = _launch("up", "--detach", "--nodes", "2", "--test-django", "--port", str(port))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"down --port {port}" in up.stdout
+    state = json.loads(launch.state_path(port).read_text())
+    pids = [state["launcher"], *state["pids"].values()]
+    assert set(state["pids"]) == {"redis", "django", "node-1", "node-2", "worker", "nginx"}
+    try:
+        url = f"ws://127.0.0.1:{port}/ws"
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway.testclients", "--url", url, "--rounds", "1", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        report = json.loads(run.stdout)
+        assert report["acked"] == report["sent"] > 0 and report["lost"] == 0
+    finally:
+        down = _launch("down", "--port", str(port), timeout_s=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert launch.port_is_free(port)
+    assert not launch.state_path(port).exists()
+    assert not Path(state["dir"]).exists()
+    again = _launch("down", "--port", str(port))
+    assert again.returncode == 1 and "no topology was started" in again.stderr
+    launch.state_path(port).with_suffix(".log").unlink()  # --detach's output, kept for people
+
+
+def test_down_cleans_up_after_a_launcher_that_was_killed() -> None:
+    port = launch.free_ports(1)[0]
+    up = _launch("up", "--detach", "--nodes", "1", "--no-worker", "--port", str(port))
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = json.loads(launch.state_path(port).read_text())
+    os.kill(state["launcher"], signal.SIGKILL)  # the launcher is gone; its children are not
+    deadline = time.monotonic() + 10
+    while pid_alive(state["launcher"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = list(state["pids"].values())
+    assert all(pid_alive(pid) for pid in children)
+    down = _launch("down", "--port", str(port), timeout_s=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped 3 processes" in down.stdout
+    assert not [pid for pid in children if pid_alive(pid)]
+    assert launch.port_is_free(port)
+    launch.state_path(port).with_suffix(".log").unlink()

@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.events import UNPUBLISHED_EPOCH
+
 
 async def publish(node: Any, room: str, n: int) -> list[str]:
     """Publish ``n`` events to ``room`` through the node's backend; their ids in order."""
@@ -169,6 +171,15 @@ async def presence_members(client: Any, room: str) -> list[dict[str, Any]]:
     return sorted(reply["data"]["members"], key=lambda m: m["userId"])
 
 
+async def presence_count(client: Any, room: str) -> int:
+    """``presence`` of a broadcast room: ``{"room", "count"}`` and nothing else."""
+    reply = await client.request("presence", {"room": room})
+    assert reply["event"] == "presence", reply
+    assert set(reply["data"]) == {"room", "count"}, reply
+    assert reply["data"]["room"] == room
+    return int(reply["data"]["count"])
+
+
 async def wait_presence(client: Any, room: str, expected: list[dict[str, Any]]) -> None:
     """Presence after a close is updated when the node sees the socket go: poll briefly."""
     members: list[dict[str, Any]] = []
@@ -200,9 +211,9 @@ async def test_presence_aggregates_connections_per_user(node: Any, http: Any) ->
     assert await presence_members(admin, "cliente_5") == [
         {"userId": "5", "role": "cliente", "connections": 2}
     ]
-    assert await presence_members(admin, "all_proveedores") == [
-        {"userId": "6", "role": "proveedor", "connections": 1}
-    ]
+    # broadcast rooms answer a count only (privacy, and size)
+    assert await presence_count(admin, "all_proveedores") == 1
+    assert await presence_count(a1, "all_clientes") == 2
     # a room nobody is in
     assert await presence_members(b, "service_8") == []
     # leaving and closing are reflected
@@ -218,6 +229,7 @@ async def test_presence_aggregates_connections_per_user(node: Any, http: Any) ->
     await a1.close()
     await wait_presence(b, "service_7", [{"userId": "6", "role": "proveedor", "connections": 1}])
     await wait_presence(admin, "cliente_5", [{"userId": "5", "role": "cliente", "connections": 1}])
+    assert await presence_count(a2, "all_clientes") == 1
     for client in (a2, b, admin):
         await client.close()
 
@@ -229,8 +241,8 @@ async def test_offsets_are_consecutive_per_room_and_join_reports_the_latest(
     client = await node.client(http)
     await client.authenticate("cliente-5")
     joined = await client.join("service_1")
-    assert joined["offset"] == 0  # a new room
-    assert isinstance(joined["epoch"], str) and joined["epoch"]
+    # a room nothing was published to: offset 0 of the placeholder epoch (no key was created)
+    assert (joined["offset"], joined["epoch"]) == (0, UNPUBLISHED_EPOCH)
     assert "recovered" not in joined and "missed" not in joined
     await client.join("service_2")
     ids = await publish(node, "service_1", 3)
@@ -239,7 +251,8 @@ async def test_offsets_are_consecutive_per_room_and_join_reports_the_latest(
     got = await client.events(4, room="service_1")
     assert [e["offset"] for e in got] == [1, 2, 3, 4]
     assert [e["id"] for e in got] == ids
-    assert {e["epoch"] for e in got} == {joined["epoch"]}
+    epoch = got[0]["epoch"]  # the first publish gave the room its epoch
+    assert {e["epoch"] for e in got} == {epoch} and epoch != UNPUBLISHED_EPOCH
     assert [e["offset"] for e in await client.events(2, room="service_2")] == [1, 2]
     for e in got:
         assert e["type"] == "test" and e["source"] == "api" and isinstance(e["ts"], int)
@@ -247,10 +260,10 @@ async def test_offsets_are_consecutive_per_room_and_join_reports_the_latest(
     other = await node.client(http)
     await other.authenticate("proveedor-1")
     later = await other.join("service_1")
-    assert (later["offset"], later["epoch"]) == (4, joined["epoch"])
+    assert (later["offset"], later["epoch"]) == (4, epoch)
     # joining a room again answers its position without duplicating membership
     again = await client.join("service_1")
-    assert (again["offset"], again["epoch"]) == (4, joined["epoch"])
+    assert (again["offset"], again["epoch"]) == (4, epoch)
     await publish(node, "service_1", 1)
     [event] = await client.events(1, room="service_1")
     assert event["offset"] == 5
@@ -264,9 +277,10 @@ async def test_offsets_are_consecutive_per_room_and_join_reports_the_latest(
 async def test_join_with_since_recovers_exactly_the_missed_events(node: Any, http: Any) -> None:
     client = await node.client(http)
     await client.authenticate("cliente-5")
-    joined = await client.join("service_1")
+    await client.join("service_1")
     await publish(node, "service_1", 2)
     seen = await client.events(2)
+    joined = {"epoch": seen[-1]["epoch"]}
     await client.close()
     missed_ids = await publish(node, "service_1", 3)  # offsets 3, 4, 5 while away
     back = await node.client(http)
@@ -298,10 +312,9 @@ async def test_recovery_is_refused_outside_the_window(node_with: Any, http: Any)
     node = await node_with(history_size=3)
     client = await node.client(http)
     await client.authenticate("cliente-5")
-    joined = await client.join("service_1")
-    epoch = joined["epoch"]
+    await client.join("service_1")
     await publish(node, "service_1", 5)  # history keeps offsets 3, 4, 5
-    await client.events(5)
+    epoch = (await client.events(5))[0]["epoch"]
 
     async def join_since(offset: int, epoch: str) -> dict[str, Any]:
         fresh = await node.client(http)

@@ -45,10 +45,17 @@ def node_executable() -> str:
     return node
 
 
+def node_modules_complete() -> bool:
+    """Whether every dependency of tests/js/package.json is in node_modules (a checkout whose
+    node_modules predates a newly added package is not)."""
+    deps = json.loads((JS_DIR / "package.json").read_text()).get("dependencies", {})
+    return all((JS_DIR / "node_modules" / name / "package.json").is_file() for name in deps)
+
+
 def ensure_node_modules() -> None:
     """Install the locked packages (``npm ci``) unless they already are."""
     with _install_lock:
-        if (JS_DIR / "node_modules" / "socket.io-client" / "package.json").is_file():
+        if node_modules_complete():
             return
         npm = shutil.which("npm")
         if npm is None:

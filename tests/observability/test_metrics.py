@@ -165,3 +165,36 @@ async def test_promtool_finds_no_problem(
     assert (result.stdout + result.stderr).strip() == ""
     for client in clients.values():
         await client.close()
+
+
+@pytest.mark.parametrize("path", ["/ws", "/socket.io/?EIO=4&transport=websocket"])
+async def test_close_codes_sent_by_clients_do_not_become_label_values(
+    make_node: Any, http: aiohttp.ClientSession, path: str
+) -> None:
+    """Issue 18 item 12: the code of a client's close frame was a label value: an
+    unauthenticated client could create ~2,000 series (3000-4999). Codes the gateway does not
+    know are counted under ``other``."""
+    from tests.security.helpers import RawWebSocket
+    from tests.unit.test_frame_reader import client_frame
+
+    node = await make_node()
+    before = samples(await scrape(http, node.http_url))
+    port = int(node.http_url.rsplit(":", 1)[1])
+    # each client sends its close frame and reads the answer (the code is the client's)
+    codes = [*range(3000, 3050), 4999, 1000, 1001]
+    for code in codes:
+        client = await RawWebSocket.connect("127.0.0.1", port, path)
+        await client.send_frame(client_frame(code.to_bytes(2, "big"), 0x8))
+        assert await asyncio.wait_for(client.reader.read(), 5) != b""  # answered, then FIN
+        client.close()
+    async with asyncio.timeout(5):
+        while node.node.sessions:
+            await asyncio.sleep(0.02)
+    after = samples(await scrape(http, node.http_url))
+    assert _delta(before, after, "gateway_disconnects_total", code="other") == len(codes) - 2
+    assert _delta(before, after, "gateway_disconnects_total", code="1000") == 1
+    assert _delta(before, after, "gateway_disconnects_total", code="1001") == 1
+    codes_seen = {
+        dict(labels)["code"] for name, labels in after if name == "gateway_disconnects_total"
+    }
+    assert codes_seen == {"other", "1000", "1001"}

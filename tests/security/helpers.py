@@ -123,6 +123,30 @@ class RawWebSocket:
             n = int.from_bytes(await self.reader.readexactly(8), "big")
         return b0 & 0x0F, await self.reader.readexactly(n)
 
+    async def send_frame(self, frame: bytes) -> None:
+        """Raw bytes (``tests.unit.test_frame_reader.client_frame`` builds frames)."""
+        self.writer.write(frame)
+        await self.writer.drain()
+
+    def half_close(self) -> None:
+        """TCP FIN: nothing more will be sent, but we still read."""
+        self.writer.write_eof()
+
+    async def read_close(
+        self, timeout_s: float = 10.0
+    ) -> tuple[int, bytes, list[tuple[int, bytes]]]:
+        """Read up to the server's close frame: (its code, its reason, the frames before it)."""
+        before: list[tuple[int, bytes]] = []
+        while True:
+            opcode, payload = await asyncio.wait_for(self.read_frame(), timeout_s)
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big"), payload[2:], before
+            before.append((opcode, payload))
+
+    async def read_eof(self, timeout_s: float = 10.0) -> bytes:
+        """Everything until the server ends TCP (fails if it does not within ``timeout_s``)."""
+        return await asyncio.wait_for(self.reader.read(), timeout_s)
+
     async def read_json(self) -> dict[str, Any]:
         while True:
             opcode, payload = await self.read_frame()

@@ -9,6 +9,7 @@ import base64
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.security.helpers import api_publish
@@ -89,6 +90,11 @@ IMPERSONATIONS = [
         {"clienteId": "1", "proveedorId": "3", "servicioId": "4", "fecha": "2030-01-01"},
     ),
     ("proveedor-3", "payment_created", {"clienteId": "1", "proveedorId": "3", "amount": "1.00"}),
+    # comments in another user's name (issue 18 item 8): an author field names who acts
+    ("proveedor-3", "comment_created", {"servicioId": "9", "text": "x", "clienteId": "43"}),
+    ("cliente-1", "comment_created", {"servicioId": "9", "text": "x", "clienteId": "43"}),
+    ("cliente-1", "comment_created", {"servicioId": "9", "text": "x", "proveedorId": "3"}),
+    ("proveedor-3", "comment_created", {"servicioId": "9", "text": "x", "proveedorId": "4"}),
 ]
 
 
@@ -110,6 +116,52 @@ async def test_business_events_for_other_users_are_forbidden_before_django(
     assert victim.pending_events() == []
     for client in [victim, *clients.values()]:
         await client.close()
+
+
+async def test_a_comment_is_attributed_only_to_its_sender(
+    node: Any, http: Any, django_site: DjangoSite
+) -> None:
+    """Issue 18 item 8: a proveedor sent ``comment_created`` with ``clienteId`` 43 and service_9
+    received a comment attributed to cliente 43. Now only cliente 43 may name cliente 43."""
+    watcher = await node.client(http)
+    await watcher.authenticate("admin-1")
+    await watcher.join("service_9")
+    forger = await node.client(http)
+    await forger.authenticate("proveedor-3")
+    forged = {"servicioId": "9", "text": "great", "clienteId": "43"}
+    reply = await forger.request("comment_created", forged)
+    assert (reply["data"]["code"], reply["data"]["field"]) == ("forbidden", "clienteId")
+    author = await node.client(http)
+    await author.authenticate("cliente-43")
+    assert (await author.request("comment_created", forged))["event"] == "ack"
+    own = {"servicioId": "9", "text": "thanks", "proveedorId": "3"}
+    assert (await forger.request("comment_created", own))["event"] == "ack"
+    in_room = [
+        await watcher.wait_for(lambda f: f["event"] == "event" and f["data"]["room"] == "service_9")
+        for _ in range(2)
+    ]
+    assert [e["data"]["payload"]["text"] for e in in_room] == ["great", "thanks"]
+    assert len((await django_site.acalls())["events"]) == 2  # the forged one never reached it
+    for client in (watcher, forger, author):
+        await client.close()
+
+
+async def test_a_comment_in_another_name_is_forbidden_over_socketio(
+    node: Any, http: Any, django_site: DjangoSite
+) -> None:
+    from tests.socketio.conftest import EngineSocket, engine_url
+
+    raw = await EngineSocket.connect(http, engine_url(node))
+    await raw.send('40{"token":"proveedor-3"}')
+    assert (await raw.receive_text()).startswith("40")
+    assert '"auth_success"' in await raw.receive_text()
+    await raw.send('427["comment_created",{"servicioId":"9","text":"x","clienteId":"43"}]')
+    ack = await raw.receive_text()
+    assert ack.startswith("437[")
+    error = orjson.loads(ack[3:])[0]["error"]
+    assert (error["code"], error["field"]) == ("forbidden", "clienteId"), error
+    assert (await django_site.acalls())["events"] == []
+    await raw.close()
 
 
 # --- forged identity and revoked tokens --------------------------------------------------------

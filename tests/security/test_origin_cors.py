@@ -108,9 +108,17 @@ async def test_dashboard_feed_refuses_cross_site_pages(make_node: Any, http: Any
     for node in (await make_node(), await make_node(allowed_origins=[APP])):
         url = node.http_url.replace("http://", "ws://") + "/dashboard/feed"
         own = node.http_url  # the page the dashboard itself serves
+        port = int(own.rsplit(":", 1)[1])
         for origin, expected in [
             ("https://evil.example", 403),
+            # the same host name, another origin (issue 18 item 11: only the host was compared)
+            (f"http://127.0.0.1:{port + 1}", 403),
+            (f"https://127.0.0.1:{port}", 403),
+            ("http://127.0.0.1", 403),
+            (f"http://127.0.0.1.evil.example:{port}", 403),
+            ("null", 403),
             (own, 101),
+            (own.upper().replace("HTTP://", "http://"), 101),  # host names are case-blind
             (None, 101),
         ]:
             headers = {"Authorization": basic}
@@ -124,3 +132,32 @@ async def test_dashboard_feed_refuses_cross_site_pages(make_node: Any, http: Any
                 status = 101
                 await ws.close()
             assert status == expected, (node.settings.allowed_origins, origin)
+
+
+async def test_dashboard_feed_behind_a_tls_proxy_trusts_its_forwarded_scheme(
+    make_node: Any, http: Any
+) -> None:
+    """Behind a proxy that terminates TLS the page is ``https://host``: the feed believes the
+    proxy's X-Forwarded-Proto only when the proxy is in GATEWAY_TRUSTED_PROXIES."""
+    import base64
+
+    from tests.support.nodes import DASHBOARD
+
+    basic = "Basic " + base64.b64encode(f"admin:{DASHBOARD}".encode()).decode()
+    headers = {
+        "Authorization": basic,
+        "Host": "dash.example",
+        "X-Forwarded-Proto": "https",
+        "Origin": "https://dash.example",
+    }
+    for trusted, expected in [([], 403), (["127.0.0.0/8"], 101)]:
+        node = await make_node(trusted_proxies=trusted)
+        url = node.http_url.replace("http://", "ws://") + "/dashboard/feed"
+        try:
+            ws = await http.ws_connect(url, headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status
+        else:
+            status = 101
+            await ws.close()
+        assert status == expected, trusted

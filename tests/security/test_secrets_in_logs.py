@@ -4,6 +4,7 @@ secret appears in anything it wrote, and every line it wrote is one JSON object.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -111,3 +112,43 @@ async def test_no_secret_in_json_logs(
     for secret in SECRETS:
         assert secret not in logs, secret
     assert "token=" not in logs
+
+
+UNPARSABLE_TOKEN = "cliente-Unparsable-Qz81"
+UNPARSABLE = [  # request heads aiohttp cannot parse, each carrying the token
+    f"GET /ws?token={UNPARSABLE_TOKEN} x HTTP/1.1\r\nHost: a\r\n\r\n",  # a raw space
+    f"GET /ws?token={UNPARSABLE_TOKEN}\x01 HTTP/1.1\r\nHost: a\r\n\r\n",  # a control byte
+    f"GET /ws?token={UNPARSABLE_TOKEN}\x7f HTTP/1.1\r\n\r\n",
+    f"GET /socket.io/?EIO=4&transport=websocket&token={UNPARSABLE_TOKEN} HTTP/1.1 x\r\n\r\n",
+    f"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Bad\x01: {UNPARSABLE_TOKEN}\r\n\r\n",  # a header
+    f"GET /healthz HTTP/1.1\r\nAuthorization: Bearer {UNPARSABLE_TOKEN}\r\nBad Header\r\n\r\n",
+]
+
+
+async def test_an_unparsable_request_is_logged_and_answered_without_its_token(
+    gateway_process: ProcessFactory[GatewayProcess],
+) -> None:
+    """Issue 18 item 9: a request line aiohttp cannot parse was logged at ERROR with the whole
+    line, token included, and echoed in the 400 body. Text and JSON logs, every line checked;
+    the request is sent on a fresh connection and after a request on a kept-alive one."""
+    for log_format in ("text", "json"):
+        gw = await gateway_process.astart({"GATEWAY_LOG_FORMAT": log_format})
+        for request in UNPARSABLE:
+            for first in (b"", b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+                writer.write(first + request.encode("latin-1"))
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert b" 400 Bad Request\r\n" in answer and answer.endswith(b"400 Bad Request\n")
+                assert UNPARSABLE_TOKEN.encode() not in answer, answer
+        gw.term()
+        assert gw.wait(10) == 0
+        lines = [line for line in gw.logs().splitlines() if line.strip()]
+        unparsable = [line for line in lines if "unparsable HTTP request" in line]
+        assert len(unparsable) == 2 * len(UNPARSABLE), lines
+        for line in lines:
+            assert UNPARSABLE_TOKEN not in line, line
+            if log_format == "json":
+                assert json.loads(line)["level"] in ("debug", "info", "warning"), line
+            else:
+                assert "Traceback" not in line and " ERROR " not in line, line

@@ -203,3 +203,34 @@ def test_a_length_with_the_top_bit_set_stops_the_reader() -> None:
     reader.feed(frame)
     reader.feed(client_frame(b"\x03\xe8", OPCODE_CLOSE))
     assert reader.events == [("violation", 1002)]
+
+
+def test_a_message_may_have_1000_fragments_and_the_1001st_is_refused_from_its_header() -> None:
+    empty = client_frame(b"", OPCODE_CONTINUATION, fin=False)
+    served = read(
+        client_frame(b"a", fin=False), empty * 998, client_frame(b"b", OPCODE_CONTINUATION)
+    )
+    assert served == [("text", "ab")]
+    reader = Recorder()
+    reader.feed(client_frame(b"a", fin=False) + empty * 999)
+    assert reader.events == []
+    reader.feed(bytes((OPCODE_CONTINUATION, 0x80 | 5)))  # the 1,001st frame's header alone
+    assert reader.events == [("violation", 1009)]
+    assert reader._parts == [] and reader._msg_frames == 0  # the fragments are dropped
+
+
+def test_opcode_and_fragmentation_are_judged_before_the_size() -> None:
+    """A frame too large for the limit but wrong in itself is a protocol error (1002), not a big
+    message (1009), and its payload is never waited for."""
+    huge = (1 << 20).to_bytes(8, "big") + b"mask"
+    cases = {
+        "reserved data opcode": bytes((0x83, 0xFF)) + huge,
+        "reserved control opcode": bytes((0x8B, 0xFF)) + huge,
+        "lone continuation": bytes((0x80, 0xFF)) + huge,
+        "message in a message": client_frame(b"a", fin=False) + bytes((0x81, 0xFF)) + huge,
+    }
+    for name, frames in cases.items():
+        reader = Recorder()
+        reader.feed(frames)
+        assert reader.events == [("violation", 1002)], name
+        assert reader._skip > 0 and not reader._chunks, name

@@ -145,6 +145,25 @@ def test_sender_rules() -> None:
     assert sender_error(PROVEEDOR, "payment_created", own)[0] == "forbidden"
 
 
+def test_author_fields_of_a_comment_name_the_sender_only() -> None:
+    comment = {"servicioId": "3", "text": "x"}
+    check_sender(CLIENTE, "comment_created", {**comment, "clienteId": CLIENTE.user_id})
+    check_sender(PROVEEDOR, "comment_created", {**comment, "proveedorId": PROVEEDOR.user_id})
+    check_sender(ADMIN, "comment_created", {**comment, "clienteId": "43", "proveedorId": "44"})
+    for identity, fields, field in [
+        (CLIENTE, {"clienteId": "43"}, "clienteId"),
+        (PROVEEDOR, {"clienteId": "43"}, "clienteId"),
+        (PROVEEDOR, {"clienteId": PROVEEDOR.user_id}, "clienteId"),  # not a cliente
+        (CLIENTE, {"proveedorId": CLIENTE.user_id}, "proveedorId"),
+        (PROVEEDOR, {"proveedorId": "44"}, "proveedorId"),
+        (CLIENTE, {"clienteId": int(CLIENTE.user_id)}, "clienteId"),  # ids are strings
+    ]:
+        assert sender_error(identity, "comment_created", {**comment, **fields}) == (
+            "forbidden",
+            field,
+        ), (identity, fields)
+
+
 def test_default_rooms() -> None:
     payload = {"clienteId": "5", "proveedorId": "7", "servicioId": "3"}
     assert default_rooms("reservation_created", payload) == [

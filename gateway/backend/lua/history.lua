@@ -1,19 +1,21 @@
 -- A room's position, and the events after a client's position when history covers them.
+-- Reads only: a room nothing was published to has no meta key, and a join creates none.
 -- KEYS[1] room meta hash {epoch, offset}
 -- KEYS[2] room history stream
--- ARGV[1] epoch to use if the room has none   ARGV[2] meta TTL (s)
+-- ARGV[1] epoch reported for a room with no meta (nothing published)
+-- ARGV[2] unused (kept for the argument layout)
 -- ARGV[3] since offset (-1 = no recovery)     ARGV[4] since epoch
 -- Returns {offset, epoch, recovered (0/1), {id1, fields1, id2, fields2, ...}}.
+-- A client at offset 0 has seen nothing: history from offset 1 covers it in any epoch.
 local epoch = redis.call("HGET", KEYS[1], "epoch")
-if not epoch then
+local offset = 0
+if epoch then
+  offset = tonumber(redis.call("HGET", KEYS[1], "offset"))
+else
   epoch = ARGV[1]
-  redis.call("HSET", KEYS[1], "epoch", epoch, "offset", 0)
-  redis.call("EXPIRE", KEYS[1], ARGV[2])
-  redis.call("DEL", KEYS[2])
 end
-local offset = tonumber(redis.call("HGET", KEYS[1], "offset"))
 local since = tonumber(ARGV[3])
-if since < 0 or ARGV[4] ~= epoch or since > offset then
+if since < 0 or since > offset or (since > 0 and ARGV[4] ~= epoch) then
   return {offset, epoch, 0, {}}
 end
 if since == offset then

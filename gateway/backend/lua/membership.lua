@@ -1,25 +1,37 @@
--- Join or leave rooms for one connection, keeping presence and the room index exact.
+-- Join or leave rooms for one connection, keeping the room counts and the room index exact.
 -- Single Redis only: the keys span slots (Redis Cluster runs the same steps as separate calls).
--- KEYS[1] node memberships set      KEYS[2] client info hash
+-- A membership counts once: the node's memberships set is the truth (SADD/SREM answer whether
+-- it changed), so a repeated join or leave, or a janitor racing a leave, never counts twice.
+-- KEYS[1] node memberships set       KEYS[2] client info hash
 -- KEYS[3] room -> member count hash  KEYS[4] rooms index zset (scores 0)
--- KEYS[5..] the presence hash of each room, in the order of ARGV[5..]
+-- KEYS[5] nodes index zset (a node that writes memberships is in it, so the janitor finds it)
+-- KEYS[6..] the presence hash of each room, in the order of ARGV[8..]
 -- ARGV[1] 1 = join, -1 = leave       ARGV[2] connection id
 -- ARGV[3] presence value             ARGV[4] client info JSON ("" = delete the client's entry)
--- ARGV[5..] rooms
+-- ARGV[5] node                       ARGV[6] now (epoch ms), the node's score if it is new
+-- ARGV[7] one flag per room: "1" keeps a presence entry, "0" a count only (broadcast rooms)
+-- ARGV[8..] rooms
 -- Returns the number of memberships that changed.
 local delta = tonumber(ARGV[1])
 local conn = ARGV[2]
 local changed_total = 0
-for i = 5, #ARGV do
+if delta > 0 then
+  redis.call("ZADD", KEYS[5], "NX", ARGV[6], ARGV[5])
+end
+for i = 8, #ARGV do
   local room = ARGV[i]
   local member = room .. "\31" .. conn
+  local presence = KEYS[i - 2]
   local changed
   if delta > 0 then
-    changed = redis.call("HSET", KEYS[i], conn, ARGV[3])
-    redis.call("SADD", KEYS[1], member)
+    changed = redis.call("SADD", KEYS[1], member)
+    if string.sub(ARGV[7], i - 7, i - 7) == "1" then
+      redis.call("HSET", presence, conn, ARGV[3])
+    end
   else
-    changed = redis.call("HDEL", KEYS[i], conn)
-    redis.call("SREM", KEYS[1], member)
+    changed = redis.call("SREM", KEYS[1], member)
+    -- also for broadcast rooms: entries an earlier release wrote there
+    redis.call("HDEL", presence, conn)
   end
   if changed == 1 then
     changed_total = changed_total + 1

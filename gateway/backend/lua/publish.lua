@@ -1,10 +1,12 @@
 -- Atomic publish of one event to one room: offset, history append, TTLs, fan-out.
 -- KEYS[1] room meta hash {epoch, offset}
 -- KEYS[2] room history stream (entry id 0-<offset>, field d = body)
--- KEYS[3] idempotency key (same slot; ignored when ARGV[7] is "")
+-- KEYS[3] dedupe key (same slot): the caller's idempotency key, else the event id's key. Always
+--         checked when ARGV[7] is "1", so a retried call (redis-py retries after a timeout; a
+--         caller retries with the same event id) returns the first result: one event, one offset.
 -- ARGV[1] channel           ARGV[2] event body (JSON)       ARGV[3] history size (0 = none)
 -- ARGV[4] history TTL (s)    ARGV[5] meta TTL (s)            ARGV[6] epoch to use if the room has none
--- ARGV[7] idempotency flag ("1" or "")                       ARGV[8] idempotency TTL (s)
+-- ARGV[7] dedupe flag ("1" or "")                            ARGV[8] dedupe TTL (s)
 -- ARGV[9] "PUBLISH" or "SPUBLISH"                            ARGV[10] event id
 -- KEYS[4] dashboard events stream, KEYS[5] this minute's counter hash: used only when ARGV[11]
 -- is "1" (single Redis); in Cluster mode they live in another slot and the caller records them.
