@@ -112,11 +112,13 @@ async def post(request: web.Request, server: Server, sid: str) -> web.StreamResp
             f"Payload too large: a POST body takes at most {limit} bytes (maxPayload)",
         )
         return error_response(error, headers)
-    if request.content_type == "application/octet-stream":
+    if engine is None and not server.registry.is_local(sid):
+        return await _forward(request, server, sid, "post", body, headers)
+    if engine is None:
+        return error_response(UNKNOWN_SID, headers)
+    if request.headers.get("Content-Type", "").startswith("application/octet-stream"):
         message = "binary payloads are not supported: send JSON text"
         return error_response(_bad_request(message), headers)
-    if engine is None:
-        return await _forward(request, server, sid, "post", body, headers)
     try:
         text = body.decode()
     except UnicodeDecodeError:
