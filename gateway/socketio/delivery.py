@@ -7,7 +7,8 @@ Without connection state recovery this only strips annotations. With it, it also
   (``recovery.Tracker``) to each event, as Socket.IO servers with recovery do;
 - drops an event the client already has (at or behind its room's position), and, while a
   recovering session's rooms are being restored, the live events that the restore's history
-  read covers;
+  read covers; a live event after a gap is not sent: the room is restored (``on_gap``) from
+  the last event sent, history then live;
 - holds everything back until the CONNECT is acknowledged (``CONNECT`` hold), and while a
   change of rooms is being saved (``SAVING`` hold), so the client never learns of a join or a
   leave that a recovery elsewhere would not know.
@@ -33,6 +34,7 @@ class Delivery:
         "_held_bytes",
         "_holds",
         "_missed",
+        "on_gap",
         "on_record_change",
         "positions",
         "recovering",
@@ -49,6 +51,7 @@ class Delivery:
         self.positions: dict[bytes, tuple[bytes, int]] = {}
         self.recovering: set[bytes] = set()  # rooms whose restore has not joined yet
         self.on_record_change: Callable[[], None] | None = None
+        self.on_gap: Callable[[str], None] | None = None
 
     @property
     def held_bytes(self) -> int:
@@ -91,8 +94,12 @@ class Delivery:
         if tag == wire.PUBLICATION and room in self.recovering:
             return None  # the restore reads history after this was published: it has it
         position = self.positions.get(room)
-        if position is not None and position[0] == epoch and offset <= position[1]:
-            return None  # already sent (or before the join)
+        if position is not None and position[0] == epoch:
+            if offset <= position[1]:
+                return None  # already sent (or before the join)
+            if offset > position[1] + 1 and tag == wire.PUBLICATION and self.on_gap is not None:
+                self.on_gap(room.decode())  # restored from position[1]: history, then live
+                return None
         self.positions[room] = (epoch, offset)
         if self.tracker is None:
             return packet

@@ -217,12 +217,13 @@ class EngineSession:
         self.close_code = code
         self.close_reason = reason
         self.state = State.CLOSED
-        for timer in (self._ping_timer, self._pong_timer, self._upgrade_timer):
+        for timer in (self._ping_timer, self._pong_timer):
             if timer is not None:
                 timer.cancel()
-        if self._upgrade is not None:
-            self._upgrade.close(NORMAL_CLOSURE, "session closed")
-            self._upgrade = None
+        if self._upgrade is not None and not self._upgrade_probed:
+            self._drop_upgrade(self._upgrade, NORMAL_CLOSURE, "session closed")
+        # Probed, the client has paused long-polling and will only speak on the new socket: the
+        # close reaches it there, after its upgrade packet (_on_upgrade_packet).
         self._on_end(self, code)
 
     # --- the way out ----------------------------------------------------------------------------
@@ -362,6 +363,8 @@ class EngineSession:
             carrier.send([b"3probe"])
             if self._poll is not None:  # release the pending long-poll: the client pauses
                 self.emit([NOOP])
+        elif text == "5" and self._upgrade_probed and self.state is State.CLOSED:
+            self._drop_upgrade(carrier, self.close_code or NORMAL_CLOSURE, self.close_reason)
         elif text == "5" and self._upgrade_probed:
             self._upgraded(carrier)
         else:
@@ -389,6 +392,9 @@ class EngineSession:
         if self._upgrade_timer is not None:
             self._upgrade_timer.cancel()
         self._upgrade, self._upgrade_probed = None, False
+        if self.state is State.CLOSED and self._queue:  # the last packets, then the close
+            carrier.send(self._queue)
+            self._queue, self._queue_bytes, self._close_pending = [], 0, False
         carrier.close(code, reason)
 
     def carrier_ended(self, carrier: Carrier, code: int | None) -> None:

@@ -11,6 +11,11 @@ refused token is a CONNECT_ERROR (``connect_error`` with ``err.message`` = the c
 ``err.data`` = ``{code, message}``; ``connect`` never fires). Until the acknowledgement,
 ``Delivery`` holds back everything the core writes; the replies of this phase carry marker ids
 (``CONNECT_AUTH``, ``RESTORE``, ``TRACK``) so that ``encode`` knows them.
+
+With recovery, a room whose live stream has a gap (an event missing before the next: a lost
+subscription, a publication lost between Redis and this node) is joined again from the
+client's position, here, as the core's ``rejoin`` asks clients to: an unchanged Socket.IO client
+knows nothing of ``rejoin``, and gets the missing events, in order, instead.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ log = logging.getLogger("gateway.socketio")
 # Marker ids of the core replies this layer asks for itself (a Socket.IO ack id is an int).
 CONNECT_AUTH: Final = "sio:connect"
 RESTORE: Final = "sio:restore"
+REJOIN: Final = "sio:rejoin"  # a room whose live stream had a gap, joined again with since
 TRACK: Final = "sio:track"
 
 INBOX_PACKETS = 32  # packets read ahead of the core before reading pauses
@@ -119,6 +125,7 @@ class SocketLayer:
         self._saved.set()
         engine.socket = self
         engine.delivery.on_record_change = self._record_changed
+        engine.delivery.on_gap = self.rejoin
 
     @property
     def tracker(self) -> Tracker | None:
@@ -320,6 +327,24 @@ class SocketLayer:
             log.warning("socket.io recovery: record not read (%s); starting afresh", exc)
             return None
 
+    # --- gaps -----------------------------------------------------------------------------------
+    def rejoin(self, room: str) -> None:
+        """Live events of ``room`` are missing: drop the live stream until the room is joined
+        again from what the client has (the core's join with since: history, then live)."""
+        encoded = room.encode()
+        delivery = self.engine.delivery
+        if encoded in delivery.recovering or not self.connected:
+            return  # already under way, or part of the CONNECT's restore
+        delivery.recovering.add(encoded)
+        self._queue(partial(self._rejoin, room))
+
+    async def _rejoin(self, room: str) -> None:
+        delivery = self.engine.delivery
+        position = delivery.positions.get(room.encode())
+        since = Position(position[1], position[0].decode()) if position is not None else None
+        self._joining, self._joining_since = room, since
+        await self.port.join(room, since, REJOIN if since is not None else TRACK)
+
     # --- the record -----------------------------------------------------------------------------
     def _record_changed(self) -> None:
         self._dirty = True
@@ -352,9 +377,12 @@ class SocketLayer:
         if isinstance(frame_id, str):
             if frame_id == CONNECT_AUTH:
                 return self._connect_answer(event, data_json)
-            if frame_id in (RESTORE, TRACK):
+            if frame_id in (RESTORE, TRACK, REJOIN):
                 return self._restore_answer(event, data_json, frame_id)
             frame_id = None
+        if event == "rejoin" and self.tracker is not None:
+            self.rejoin(orjson.loads(data_json)["room"])
+            return b""
         packet = encode_reply(frame_id, event, data_json)
         if self.tracker is not None:
             if event == "room_joined":
@@ -383,6 +411,8 @@ class SocketLayer:
         if marker == TRACK or since is None or not data.get("recovered"):
             if marker == RESTORE:
                 self._restored_all = False
+            elif marker == REJOIN:
+                log.info("socket.io session %s: events of %s lost (history)", self.engine.sid, room)
             return wire.joined(room, epoch, offset)
         # the client is at `since`; each missed event moves it on, offset string and all
         parts = [wire.joined(room, since.epoch, since.offset)]

@@ -167,3 +167,37 @@ async def test_a_pid_of_another_user_restores_nothing(
     name, data, _offset = orjson.loads((await owner.receive_text())[2:])
     assert (name, data["room"], data["offset"]) == ("event", "service_9", 1)
     await owner.close()
+
+
+async def test_a_gap_in_the_live_stream_is_filled_from_history(
+    make_node: Any, sio: Any, http: Any
+) -> None:
+    """A publication this node never received (a lost pub/sub message): the next one shows the
+    gap; the node asks its clients to ``rejoin``, and for a Socket.IO client with recovery the
+    gateway does it itself: the client gets the missing event, in order, once."""
+    node = await make_node()
+    client = await sio(node, token="cliente-7")
+    await connected(client, token="cliente-7")
+    await client.request("join_room", {"room": "service_1"})
+    await publish(http, node, "service_1", range(2))
+    assert await offsets(client, "service_1", 2) == [1, 2]
+
+    hub = node.node.hub
+    deliver = hub.deliver
+
+    def lose_offset_3(pub: Any) -> bool:
+        if pub.room == "service_1" and pub.offset == 3:
+            return True  # lost on the way: never delivered
+        return bool(deliver(pub))
+
+    hub.deliver = lose_offset_3
+    try:
+        await publish(http, node, "service_1", range(2, 5))
+    finally:
+        hub.deliver = deliver
+    assert await offsets(client, "service_1", 3) == [3, 4, 5]
+    await publish(http, node, "service_1", range(5, 6))
+    assert await offsets(client, "service_1", 1) == [6]
+    await asyncio.sleep(0.2)
+    assert not [e for e in client.unread() if e.get("name") == "event"]
+    assert not [e for e in client.lines if e.get("name") == "rejoin"]
