@@ -62,6 +62,9 @@ class Delivery:
         if self.tracker is None and not self.recovering:
             self._send(wire.packets(data))
             return
+        if data[:2] == b"\x1fP" and data.find(wire.END) == len(data) - 1:
+            self._one_publication(data)  # fan-out's case
+            return
         out: list[bytes] = []
         for tag, room, epoch, offset, packet in wire.records(data):
             if tag in (wire.PUBLICATION, wire.MISSED):
@@ -87,6 +90,13 @@ class Delivery:
             if packet:
                 out.append(packet)
         self._send(out)
+
+    def _one_publication(self, data: bytes) -> None:
+        """One live publication: no generator, no list of records."""
+        room, epoch, offset, packet = data[2:-1].split(b"\x1f", 3)
+        sent = self._event(wire.PUBLICATION, room, epoch, int(offset), packet)
+        if sent is not None:
+            self._send([sent])
 
     def _event(
         self, tag: int, room: bytes, epoch: bytes, offset: int, packet: bytes

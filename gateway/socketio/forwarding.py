@@ -493,12 +493,13 @@ class Relay:
     async def attach(self) -> None:
         """Ask the owner to take this WebSocket as the session's upgrade. Raises
         ``RequestRefused`` (with Engine.IO's message) or ``ForwardError``."""
-        call = self._forwarder.call(self.owner, "attach", self.sid, c=self.cid)
         try:
-            reply = await asyncio.wait_for(call.future, self._forwarder.timeout_s)
-        except TimeoutError:
-            call.cancel()
-            raise ForwardError("the session's node did not answer") from None
+            call = self._forwarder.call(self.owner, "attach", self.sid, c=self.cid)
+            try:
+                reply = await asyncio.wait_for(call.future, self._forwarder.timeout_s)
+            except TimeoutError:
+                call.cancel()
+                raise ForwardError("the session's node did not answer") from None
         except BaseException:
             self._forget()
             raise

@@ -130,37 +130,46 @@ def parse_offset(offset: Any, tag: str) -> dict[int, tuple[int, str | None]]:
 class Tracker:
     """One session's recovery state: its record, and the offset string of what it was sent."""
 
-    __slots__ = ("_entries", "_head", "_text", "pid", "record")
+    __slots__ = ("_entries", "_head", "_known", "_text", "pid", "record")
 
     def __init__(self, pid: str, record: Record) -> None:
         self.pid = pid
         self.record = record
         self._head = FORMAT + b";" + record.tag.encode() + b";"
         self._entries: dict[bytes, bytes] = {}  # room -> b"index:offset[:epoch]"
+        self._known: dict[bytes, tuple[bytes, bytes] | None] = {}  # room -> (b"index:", epoch)
         self._text: bytes | None = None
 
     def sent(self, room: bytes, epoch: bytes, offset: int) -> bytes:
         """An event of ``room`` at (epoch, offset) goes to the client: the offset string that
-        rides with it."""
-        entry = self.record.rooms.get(room.decode())
-        if entry is not None:
-            text = b"%d:%d" % (entry[0], offset)
-            if epoch != entry[1].encode():
+        rides with it. Runs once per event and recipient: kept to a few dict lookups."""
+        known = self._known[room] if room in self._known else self._learn(room)
+        if known is not None:
+            text = known[0] + b"%d" % offset
+            if epoch != known[1]:
                 text += b":" + epoch
-            if self._entries.get(room) != text:
-                self._entries[room] = text
-                self._text = None
+            self._entries[room] = text
+            self._text = None
         if self._text is None:
             self._text = self._head + b",".join(self._entries.values())
         return self._text
 
+    def _learn(self, room: bytes) -> tuple[bytes, bytes] | None:
+        entry = self.record.rooms.get(room.decode())
+        known = None if entry is None else (b"%d:" % entry[0], entry[1].encode())
+        self._known[room] = known
+        return known
+
     def joined(self, room: bytes, epoch: bytes, offset: int) -> None:
         self.record.join(room.decode(), epoch.decode(), offset)
-        if self._entries.pop(room, None) is not None:
-            self._text = None
+        self._forget(room)
 
     def left(self, room: bytes) -> None:
         self.record.leave(room.decode())
+        self._forget(room)
+
+    def _forget(self, room: bytes) -> None:
+        self._known.pop(room, None)
         if self._entries.pop(room, None) is not None:
             self._text = None
 
