@@ -138,6 +138,8 @@ class EngineSession:
         self._queue_bytes = 0
         self._poll: Poll | None = None
         self._close_pending = False  # a CLOSE is owed to the next long-poll
+        self._poll_stamp = ""  # the pending long-poll's ``t``
+        self._last_stamp = ""  # the ``t`` of the last long-poll answered
         self._posting = False
         self._upgrade: Carrier | None = None
         self._upgrade_probed = False
@@ -251,32 +253,52 @@ class EngineSession:
             return
         payload = encode_payload(self._queue)
         self._queue, self._queue_bytes, self._poll = [], 0, None
+        self._last_stamp = self._poll_stamp
         poll.answer(payload)
 
     # --- long-polling ---------------------------------------------------------------------------
-    def poll(self, poll: Poll) -> None:
+    def poll(self, poll: Poll, stamp: str = "") -> None:
         """A long-poll GET. Raises ``RequestRefused`` for a second concurrent one (and closes
-        the session, as Engine.IO does) or when the session has moved to a WebSocket."""
+        the session, as Engine.IO does) or when the session has moved to a WebSocket.
+
+        ``stamp`` is the request's cache-busting ``t`` (socket.io-client makes one per request).
+        The stamp of the last answered long-poll again is most likely that request again: a
+        balancer retried it after its answer was lost on the way (nginx retries a GET whose
+        node died before the answer's head), and the packets in it never reached the client.
+        The session is closed (this request gets the CLOSE): the client reconnects and
+        recovers them. (Two requests of one client with one stamp, a one-in-46,656 chance when
+        they are made in the same millisecond, cost the same reconnection, and lose nothing.)"""
+        if stamp and stamp == self._last_stamp and self.state is not State.CLOSED:
+            # nothing after the lost packets may reach the client before its recovery
+            self._queue, self._queue_bytes = [], 0
+            self.delivery.discard()
+            self.close(ABNORMAL_CLOSURE, "a long-poll came again: its answer was lost")
         if self.state is State.CLOSED:
             if self._queue:  # the last packets; the CLOSE, if any, with the next poll
-                poll.answer(encode_payload(self._queue))
+                payload = encode_payload(self._queue)
                 self._queue, self._queue_bytes = [], 0
             elif self._close_pending:
-                self._close_pending = False
-                poll.answer(CLOSE)
+                self._close_pending, payload = False, CLOSE
             else:
                 raise SessionGone("Session ID unknown")
+            poll.answer(payload)
             return
         if self.state is State.WEBSOCKET:
             raise RequestRefused("Bad request: this session has upgraded to a WebSocket")
         if self._poll is not None:
             self.close(PROTOCOL_ERROR, "overlapping long-polls")
             raise RequestRefused("Bad request: a long-poll is already pending for this session")
-        self._poll = poll
+        self._poll, self._poll_stamp = poll, stamp
         if self._upgrade_probed:
             self._queue.append(NOOP)  # the client is upgrading: release it at once
             self._queue_bytes += len(NOOP)
         self._answer_poll()
+
+    def poll_cancelled(self, poll: Poll) -> None:
+        """A pending long-poll withdrawn unanswered (its node shuts down): the next one will
+        take the packets."""
+        if self._poll is poll:
+            self._poll = None
 
     def poll_lost(self, poll: Poll) -> None:
         """A pending long-poll's client went away before its answer."""

@@ -17,7 +17,8 @@ nothing is delivered twice or out of order, and what was lost is recovered from 
 
 A message is a JSON header, a newline, then the raw body (a POST's body, or packets joined by
 0x1e). Header keys: ``o`` op, ``s`` sid, ``r`` request id, ``f`` sender node, ``c`` relay id,
-``q`` sequence number, ``k`` close code, ``m`` message, ``st`` status, ``t`` content type.
+``q`` sequence number, ``k`` close code, ``m`` message, ``st`` status, ``t`` content type, ``p``
+the request's own ``t`` (a retried request is recognized by it: ``EngineSession.poll``).
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ class OwnerGone(ForwardError):
 class Call:
     """A forwarded request waiting for its answer."""
 
-    __slots__ = ("_forwarder", "future", "owner", "rid")
+    __slots__ = ("_forwarder", "future", "op", "owner", "rid", "sid")
 
-    def __init__(self, forwarder: Forwarder, rid: int, owner: str) -> None:
+    def __init__(self, forwarder: Forwarder, rid: int, owner: str, op: str, sid: str) -> None:
         self._forwarder = forwarder
         self.rid = rid
         self.owner = owner
+        self.op = op
+        self.sid = sid
         self.future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
     def cancel(self) -> None:
@@ -110,6 +113,7 @@ class Forwarder:
         *,
         probe_s: float = 1.0,
         timeout_s: float = 10.0,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.backend = backend
         self.keys = backend.keys
@@ -118,6 +122,7 @@ class Forwarder:
         self.options = options
         self.probe_s = probe_s
         self.timeout_s = timeout_s
+        self.draining = draining
         self._channel = self.keys.sio_channel(node_id)
         self._rids = itertools.count(1)
         self._cids = itertools.count(1)
@@ -127,6 +132,7 @@ class Forwarder:
         self._polls: dict[tuple[str, int], tuple[EngineSession, RemotePoll]] = {}
         self._outbox: deque[tuple[str, bytes, Counted | None]] = deque()
         self._wake = asyncio.Event()
+        self._publishing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -139,8 +145,20 @@ class Forwarder:
         ]
 
     async def stop(self) -> None:
+        """Shutting down: relayed WebSockets close (1001: their clients reconnect elsewhere);
+        long-polls waiting here are given back to their owners (``cancel``) and answered 503,
+        which a balancer retries on another node; then the outbox is flushed."""
         for relay in list(self._relays.values()):
             relay.end(1001, "server shutting down")
+        for call in list(self._pending.values()):
+            if call.op == "get":
+                header = {"o": "cancel", "s": call.sid, "r": call.rid, "f": self.node_id}
+                self._send(call.owner, header)
+            call.fail(ForwardError("this node is shutting down"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                while self._outbox or self._publishing:  # noqa: ASYNC110 - bounded wait
+                    await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -152,7 +170,7 @@ class Forwarder:
         if len(self._pending) >= MAX_PENDING:
             raise ForwardError("too many forwarded requests in flight")
         rid = next(self._rids)
-        call = Call(self, rid, owner)
+        call = Call(self, rid, owner, op, sid)
         self._pending[rid] = call
         header = {"o": op, "s": sid, "r": rid, "f": self.node_id, **extra}
 
@@ -196,11 +214,14 @@ class Forwarder:
             while self._outbox:
                 batch = list(self._outbox)
                 self._outbox.clear()
+                self._publishing = True
                 try:
                     counts = await self._publish(batch)
                 except Exception as exc:
                     log.warning("socket.io forwarding: publish failed: %s", exc)
                     counts = [0] * len(batch)
+                finally:
+                    self._publishing = False
                 for (_, _, counted), count in zip(batch, counts, strict=True):
                     if counted is not None:
                         try:
@@ -221,6 +242,11 @@ class Forwarder:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.probe_s)
+            if self.draining() and self._relays:
+                # this node drains: the WebSockets it relays move too (their sessions, on other
+                # nodes, end; the clients reconnect elsewhere and recover)
+                for relay in list(self._relays.values()):
+                    relay.end(SERVICE_RESTART, "node restarting; reconnect")
             owners = {relay.owner for relay in self._relays.values()}
             owners |= {call.owner for call in self._pending.values()}
             for owner in owners:
@@ -290,7 +316,7 @@ class Forwarder:
         key = (str(header["f"]), int(header["r"]))
         self._polls[key] = (engine, poll)
         try:
-            engine.poll(poll)
+            engine.poll(poll, str(header.get("p") or ""))
         except SessionGone:
             self._polls.pop(key, None)
             self._answer(header, *_error(UNKNOWN_SID))
@@ -323,6 +349,13 @@ class Forwarder:
             )
         else:
             self._answer(header, 200, "text/html", b"ok")
+
+    def _on_cancel(self, header: dict[str, Any], body: bytes) -> None:
+        """A long-poll the other node no longer holds (it shuts down): forgotten, unanswered,
+        and the session goes on (the client's retry comes through another node)."""
+        entry = self._polls.pop((str(header["f"]), int(header["r"])), None)
+        if entry is not None:
+            entry[0].poll_cancelled(entry[1])
 
     def _on_abort(self, header: dict[str, Any], body: bytes) -> None:
         if "r" in header:
@@ -387,6 +420,7 @@ class Forwarder:
         "get": _on_get,
         "post": _on_post,
         "abort": _on_abort,
+        "cancel": _on_cancel,
         "attach": _on_attach,
         "in": _on_in,
         "detach": _on_detach,

@@ -82,7 +82,7 @@ async def long_poll(request: web.Request, server: Server, sid: str) -> web.Strea
         return await _forward(request, server, sid, "get", b"", headers)
     poll = LocalPoll()
     try:
-        engine.poll(poll)
+        engine.poll(poll, request.query.get("t", ""))
     except SessionGone:
         return error_response(UNKNOWN_SID, headers)
     except RequestRefused as exc:
@@ -170,7 +170,7 @@ async def _forward(
         return error_response(UNKNOWN_SID, headers)
     timeout_s = _poll_timeout_s(server) if op == "get" else forwarder.timeout_s
     try:
-        call = forwarder.call(owner, op, sid, body)
+        call = forwarder.call(owner, op, sid, body, p=request.query.get("t", ""))
         reply = await _until_answered(request, call.future, timeout_s)
     except OwnerGone:
         return error_response(UNKNOWN_SID, headers)

@@ -152,10 +152,16 @@ def add_routes(app: web.Application, node: Node) -> None:
         open_session=partial(_open, node, store),
         refuse=partial(_refuse, node, registry),
         origins=settings.allowed_origins,
+        draining=lambda: node.draining,
     )
     if hasattr(node.backend, "listen"):  # Redis: sessions of other nodes are forwarded
         server.forwarder = Forwarder(
-            node.backend, node.node_id, registry, options, probe_s=settings.pubsub_probe_s
+            node.backend,
+            node.node_id,
+            registry,
+            options,
+            probe_s=settings.pubsub_probe_s,
+            draining=lambda: node.draining,
         )
     app[SERVER] = server
     handler = partial(_handle, server, node)

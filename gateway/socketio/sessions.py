@@ -112,6 +112,7 @@ class Server:
     open_session: Opener  # makes the core session and the SocketLayer of a new engine
     refuse: Refuser  # for a new session: Origin, connection limits, draining...
     origins: list[str]
+    draining: Callable[[], bool] = lambda: False
     forwarder: Forwarder | None = None
 
     def new_engine(self, request: web.Request, ip: str, carrier: Carrier | None = None) -> Any:

@@ -220,6 +220,8 @@ async def upgrade(request: web.Request, server: Server, sid: str) -> web.StreamR
         return refused
     if not _upgradable(request):
         return error_response(HandshakeError(400, EngineErrorCode.BAD_REQUEST, "Bad handshake"))
+    if server.draining():  # a socket here would be closed soon: a balancer retries elsewhere
+        return error_response(HandshakeError(503, EngineErrorCode.BAD_REQUEST, "node draining"))
     carrier = SioTransport()
     engine = server.registry.get(sid)
     sink: Sink

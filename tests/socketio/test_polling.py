@@ -186,3 +186,50 @@ async def test_socketio_client_polling_only_and_upgraded_on_one_node(
     assert (delivered["id"], delivered["offset"]) == (ack["eventId"], 2)
     assert (await event_in(polling, "service_1"))["id"] == ack["eventId"]
     assert not [line for line in polling.lines + upgraded.lines if line["kind"] == "disconnect"]
+
+
+async def test_a_long_polling_client_that_stops_polling_is_closed_4503(
+    make_node: Any, http: Any
+) -> None:
+    node = await make_node(send_queue_bytes=8192)
+    poller = await Poller.handshake(http, node.http_url)
+    body = '40{"token":"cliente-7"}\x1e421["join_room",{"room":"service_1"}]'
+    assert await poller.post(body) == (200, "ok")
+    received = await poller.packets()
+    while not any(p.startswith("431[") for p in received):
+        received += await poller.packets()
+    # it stops polling; events wait for it, up to GATEWAY_SEND_QUEUE_BYTES
+    for n in range(40):
+        await api_publish(http, node, "service_1", "offer", {"n": n, "pad": "x" * 400})
+        if not node.node.sessions:
+            break
+    await gone(node)
+    # the packets queued before the close go with its next poll; then the CLOSE; then nothing
+    status, body = await poller.get()
+    assert status == 200 and body.startswith('42["event"')
+    assert await poller.get() == (200, "1")
+    status, body = await poller.get()
+    assert (status, orjson.loads(body)) == (400, UNKNOWN)
+
+
+async def test_a_long_poll_that_comes_again_closes_the_session(make_node: Any, http: Any) -> None:
+    """A balancer that retries a long-poll whose answer was lost (nginx retries a GET whose
+    node died before the answer's head) sends the same request, ``t`` included: the session
+    cannot know whether the packets arrived, so it closes and the client recovers them."""
+    node = await make_node()
+    poller = await Poller.handshake(http, node.http_url)
+    assert await poller.post('40{"token":"cliente-7"}') == (200, "ok")
+    async with http.get(poller.url + "&t=Pabc1") as response:
+        assert (await response.text()).startswith("40")
+    async with http.get(poller.url + "&t=Pabc2") as response:  # a new request: served
+        body = await response.text()
+    if not body.startswith('42["auth_success"'):  # the CONNECT and auth_success came apart
+        async with http.get(poller.url + "&t=Pabc3") as response:
+            body = await response.text()
+        assert body.startswith('42["auth_success"')
+        stamp = "Pabc3"
+    else:
+        stamp = "Pabc2"
+    async with http.get(poller.url + f"&t={stamp}") as response:  # the same one again
+        assert (response.status, await response.text()) == (200, "1")
+    await gone(node)
