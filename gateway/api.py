@@ -1,4 +1,5 @@
-"""The server API for Django and other back ends: ``POST /api/publish``, ``POST /api/disconnect``.
+"""The server API for Django and other back ends: ``POST /api/publish``, ``POST /api/disconnect``,
+``GET /api/online``, ``GET /api/receipts/<eventId>``.
 
 Protected by ``GATEWAY_PUBLISH_API_KEY`` (Bearer); without a key configured both answer 404.
 """
@@ -10,10 +11,20 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from gateway.backend.base import ControlMessage
-from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload
+from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
+from gateway.backend.receipts import answer
+from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload, now_ms
 from gateway.httpauth import bearer, matches, unauthorized
 from gateway.node import BACKEND_ERRORS, Node
 from gateway.rooms import is_valid_room
@@ -28,6 +39,7 @@ class PublishRequest(BaseModel):
     type: StrictStr = Field(pattern=TYPE_PATTERN)
     payload: Any = None
     idempotencyKey: StrictStr | None = Field(None, min_length=1, max_length=200)
+    receipts: StrictBool = False
     # the caller's event id: delivered as the events' ``id``; a retry with it publishes nothing
     # again (one event, one offset)
     eventId: StrictStr | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -100,7 +112,10 @@ async def publish(request: web.Request, node: Node) -> web.Response:
             "api",
             event_id=req.eventId,
             idempotency_key=req.idempotencyKey,
+            receipts=req.receipts,
         )
+        if req.receipts:
+            await node.receipts.published(result, node.local_members(req.targets))
     except BACKEND_ERRORS as exc:
         node.metrics.redis_errors.labels("publish").inc()
         log.warning("publish API: backend error %s", exc)
@@ -132,3 +147,48 @@ async def disconnect(request: web.Request, node: Node) -> web.Response:
             {"error": "unavailable", "message": "backend unavailable, retry"}, status=503
         )
     return web.json_response({"disconnected": count})
+
+
+async def online(request: web.Request, node: Node) -> web.Response:
+    """``GET /api/online?users=1,2,3`` -> ``{userId: {"online", "connections", "lastSeen"}}``."""
+    if (denied := _check_key(request, node)) is not None:
+        return denied
+    raw = request.query.get("users", "")
+    ids = list(dict.fromkeys(u.strip() for u in raw.split(",") if u.strip()))
+    if not ids:
+        return bad_request("users: give ?users=<id>,<id>,...")
+    if len(ids) > MAX_USERS_PER_QUERY:
+        return bad_request(f"users: at most {MAX_USERS_PER_QUERY} per request")
+    bad = next((u for u in ids if not is_valid_user_id(u)), None)
+    if bad is not None:
+        return bad_request(f"users: '{bad[:80]}' is not a valid user id")
+    try:
+        statuses = await node.accounting.store.online(ids, now_ms())
+    except BACKEND_ERRORS as exc:
+        node.metrics.redis_errors.labels("online").inc()
+        log.warning("online API: backend error %s", exc)
+        return web.json_response(
+            {"error": "unavailable", "message": "backend unavailable, retry"}, status=503
+        )
+    return web.json_response({u: s.as_dict() for u, s in statuses.items()})
+
+
+async def receipts(request: web.Request, node: Node) -> web.Response:
+    """``GET /api/receipts/<eventId>``: who received an event published with receipts."""
+    if (denied := _check_key(request, node)) is not None:
+        return denied
+    event_id = request.match_info["event_id"]
+    if not 0 < len(event_id) <= 200:
+        return bad_request("eventId: 1..200 characters")
+    try:
+        rooms = await node.receipts.store.receipts(event_id)
+    except BACKEND_ERRORS as exc:
+        node.metrics.redis_errors.labels("receipts").inc()
+        log.warning("receipts API: backend error %s", exc)
+        return web.json_response(
+            {"error": "unavailable", "message": "backend unavailable, retry"}, status=503
+        )
+    if rooms is None:
+        message = "no receipts for this event (none asked for, or past the history TTL)"
+        return web.json_response({"error": "not_found", "message": message}, status=404)
+    return web.json_response(answer(event_id, rooms))

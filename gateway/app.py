@@ -21,6 +21,7 @@ from gateway.config import Settings
 from gateway.djangoapi import DjangoClient
 from gateway.metrics import Metrics
 from gateway.node import Node
+from gateway.presence_feed import embedded_feed
 from gateway.ws import handle_ws, ping_rounds
 from gateway.wsframes import CLOSE_TIMEOUT_S
 
@@ -70,9 +71,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_view(request: web.Request) -> web.Response:
-        node.metrics.pubsub_reconnects.set(
-            sum(link.reconnects for link in getattr(node.backend, "_links", {}).values())
-        )
+        node.metrics.pubsub_reconnects.set(getattr(node.backend, "pubsub_reconnects", 0))
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -83,12 +82,20 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     async def disconnect(request: web.Request) -> web.Response:
         return await api.disconnect(request, node)
 
+    async def online(request: web.Request) -> web.Response:
+        return await api.online(request, node)
+
+    async def receipts(request: web.Request) -> web.Response:
+        return await api.receipts(request, node)
+
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/disconnect", disconnect)
+    app.router.add_get("/api/online", online)
+    app.router.add_get("/api/receipts/{event_id}", receipts)
     public.add_routes(app, STATIC_DIR)  # /client.js, /client.d.ts, /asyncapi.json (any origin)
     dashboard.add_routes(app, node, lambda: app[DASHBOARD_TOKEN])
     if STATIC_DIR.is_dir():
@@ -97,6 +104,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> web.Applic
     app.middlewares.append(cors_middleware(settings.cors_origins))
     app.cleanup_ctx.append(_lifecycle(node))
     app.cleanup_ctx.append(_ping_rounds(node))
+    if settings.embedded:
+        app.cleanup_ctx.append(_presence_feed(node))
 
     async def close_sockets(app: web.Application) -> None:
         # 1001 to every client, then a bounded wait for their answers (a client that does not
@@ -124,6 +133,21 @@ def _ping_rounds(node: Node):  # type: ignore[no-untyped-def]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    return ctx
+
+
+def _presence_feed(node: Node):  # type: ignore[no-untyped-def]
+    """Embedded mode: the node posts online/offline changes to Django itself (no worker)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        feed = embedded_feed(node.settings, node.accounting.store)
+        task = asyncio.create_task(feed, name="presence feed") if feed is not None else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     return ctx
 

@@ -12,8 +12,10 @@ import socket
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.backend.urls import parse_redis_url
 
 ENV_PREFIX = "GATEWAY_"
 
@@ -112,6 +114,14 @@ class Settings(BaseSettings):
     # a TCP connection whose request head is not complete in this time is closed
     handshake_timeout_s: float = Field(10.0, gt=0, le=600)
 
+    # --- connection accounting, online status, receipts (presence) --------------------------
+    limits_timeout_s: float = Field(1.0, gt=0, le=30)
+    presence_grace_s: float = Field(5.0, ge=0, le=3600)
+    presence_stream_maxlen: int = Field(100_000, ge=100, le=100_000_000)
+    django_presence_path: str | None = None
+    presence_batch: int = Field(100, ge=1, le=10_000)
+    receipts_pending: int = Field(256, ge=1, le=100_000)
+
     # --- Socket.IO (appended) -------------------------------------------------------------------
     # Socket.IO connection state recovery: a pid in the CONNECT answer and an offset with each
     # event, so socket.io-client restores its rooms and missed events on any node.
@@ -126,15 +136,15 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
-        parsed = urlparse(value)
-        if parsed.scheme not in {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}:
-            raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
-        try:
-            parsed.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError as exc:
-            raise ValueError(f"bad port in URL: {exc}") from None
-        if parsed.scheme != "unix" and not parsed.hostname:
-            raise ValueError("the URL has no host")
+        parse_redis_url(value)  # ValueError: one line saying what is wrong
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _check_cluster_flag(cls, value: bool, info: ValidationInfo) -> bool:
+        url = info.data.get("redis_url")
+        if value and url and parse_redis_url(url).kind == "sentinel":
+            raise ValueError("cannot be true with a redis+sentinel:// GATEWAY_REDIS_URL")
         return value
 
     @field_validator("django_base_url")
@@ -169,6 +179,10 @@ class Settings(BaseSettings):
     def cluster_mode(self) -> bool:
         return self.redis_cluster or bool(self.redis_url and "+cluster" in self.redis_url)
 
+    @property
+    def sentinel_mode(self) -> bool:
+        return bool(self.redis_url and parse_redis_url(self.redis_url).kind == "sentinel")
+
 
 class ConfigError(Exception):
     """A bad setting; ``str()`` is the one line to print."""
@@ -182,6 +196,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     secret = "TOKEN" in name or "KEY" in name or isinstance(raw, dict)
     if isinstance(raw, str) and "://" in raw:
         raw = re.sub(r"//[^@\s]*@", "//***@", raw)  # never echo credentials in URLs
+        raw = re.sub(r"(password=)[^&]*", r"\1***", raw)
     shown = "" if secret else f" (got {raw!r})"
     return f"invalid configuration: {name}: {first.get('msg')}{shown}"
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSMsgType, web
 
+from gateway import dashboard_presence as presence
 from gateway.backend.base import Page
 from gateway.backend.leases import LeaseBusy
 from gateway.events import now_ms
@@ -79,6 +80,7 @@ async def cluster_stats(node: Node) -> dict[str, Any]:
     series = await node.backend.events_per_minute(now)
     fraction = (now % 60000) / 60000
     per_minute = series[-1] + math.ceil(series[-2] * (1 - fraction))
+    online_users = await presence.online_count(node)
     rooms = await node.backend.list_rooms(1, None)
     return {
         "connections": {"total": total, "byRole": by_role},
@@ -100,6 +102,7 @@ async def cluster_stats(node: Node) -> dict[str, Any]:
         "eventsPerMinute": per_minute,
         "eventsPerMinuteSeries": series,
         "avgConnectionSeconds": round(age_sum / total, 2) if total else 0.0,
+        "onlineUsers": online_users,
     }
 
 
@@ -208,7 +211,12 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
         page = await backend_call(
             node.backend.recent_events(_limit(request), request.query.get("cursor"))
         )
-        return _json(_page("events", page))
+        items = await backend_call(presence.with_receipts(node, page.items))
+        return _json(_page("events", Page(items, page.total, page.next_cursor)))
+
+    async def online(request: web.Request) -> web.StreamResponse:
+        cursor = request.query.get("cursor")
+        return _json(await backend_call(presence.online_page(node, _limit(request), cursor)))
 
     async def status(request: web.Request) -> web.StreamResponse:
         return _json(await backend_call(api_status(node)))
@@ -245,6 +253,7 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
     app.router.add_get("/dashboard/rooms", guarded(rooms))
     app.router.add_get("/dashboard/events", guarded(events))
     app.router.add_get("/dashboard/api-status", guarded(status))
+    app.router.add_get("/dashboard/online", guarded(online))
     app.router.add_get("/dashboard/feed", guarded(feed))
     app.router.add_post("/dashboard/cleanup", guarded(cleanup, post=True))
 
@@ -253,6 +262,7 @@ async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
     """Stats every 2 s and each new event of the cluster's event log, newest last."""
     last_event_key: tuple[int, str] | None = None
     next_stats = 0.0
+    tracker = presence.ReceiptTracker()
     while not ws.closed:
         try:
             if time.monotonic() >= next_stats:
@@ -271,6 +281,10 @@ async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
                 last_event_key = max(
                     last_event_key or (0, ""), (int(top["ts"]), str(top["id"]) + str(top["room"]))
                 )
+            fresh = await presence.with_receipts(node, fresh)
+            for update in await tracker.changes(node):  # receipts of events already sent
+                await ws.send_str(orjson.dumps({"type": "receipts", "data": update}).decode())
+            tracker.track(list(reversed(fresh)))
             for item in reversed(fresh):
                 await ws.send_str(orjson.dumps({"type": "event", "data": item}).decode())
         except BACKEND_ERRORS as exc:

@@ -42,16 +42,32 @@ def dumps_payload(payload: object) -> bytes:
 
 
 def build_body(
-    room: str, type_: str, payload_json: bytes, event_id: str, ts: int, source: str
+    room: str,
+    type_: str,
+    payload_json: bytes,
+    event_id: str,
+    ts: int,
+    source: str,
+    receipts: bool = False,
 ) -> bytes:
-    """The event object minus offset/epoch; the payload bytes are spliced in, not re-encoded."""
-    return orjson.dumps(
-        {
-            "room": room,
-            "type": type_,
-            "payload": orjson.Fragment(payload_json),
-            "id": event_id,
-            "ts": ts,
-            "source": source,
-        }
-    )
+    """The event object minus offset/epoch; the payload bytes are spliced in, not re-encoded.
+    An event that asks for receipts ends with ``"receipts":true`` (clients acknowledge it)."""
+    body = {
+        "room": room,
+        "type": type_,
+        "payload": orjson.Fragment(payload_json),
+        "id": event_id,
+        "ts": ts,
+        "source": source,
+    }
+    if receipts:
+        body["receipts"] = True  # last: ``wants_receipts`` looks at the end of the body
+    return orjson.dumps(body)
+
+
+RECEIPTS_MARK = b',"receipts":true}'
+
+
+def wants_receipts(body: bytes) -> bool:
+    """Whether an event body asks its receivers for receipts (one comparison, no parsing)."""
+    return body.endswith(RECEIPTS_MARK)

@@ -109,8 +109,10 @@ class Hub:
 
     def deliver(self, pub: Publication) -> Order:
         """Fan a publication out to local members and say how it fits the room's stream. On a
-        GAP it is delivered (members then rejoin); on REUSED it is not: the caller starts a new
-        epoch, since that (epoch, offset) was already given to another event."""
+        GAP it is not delivered: the caller holds it for the members it tells to rejoin (their
+        joins then send it after ``missed``, in order). On REUSED it is not delivered either: the
+        caller starts a new epoch, since that (epoch, offset) was already given to another
+        event."""
         members = self.rooms.get(pub.room)
         if not members:
             return Order.IN_ORDER
@@ -130,6 +132,8 @@ class Hub:
                 self.gaps += 1
                 order = Order.GAP
         self._last[pub.room] = (pub.offset, pub.epoch, pub.body)
+        if order is Order.GAP:
+            return order  # not delivered as is: the node holds it for members told to rejoin
         encoded: dict[str, bytes] = {}
         for session in members:
             pending = session.pending

@@ -109,3 +109,22 @@ class Metrics:
         )
         self.rooms = Gauge("gateway_rooms", "Rooms with local members", registry=r)
         self.ready = Gauge("gateway_ready", "1 when the node can serve", registry=r)
+        # --- connection accounting, online status, receipts (appended) ----------------------
+        self.presence_changes = Counter(
+            "gateway_presence_changes_total",
+            "Users who came online or went offline, decided by this node",
+            ["change"],
+            registry=r,
+        )
+        self.caps_refused = Counter(
+            "gateway_caps_refused_total",
+            "Connections refused by a cluster-wide cap",
+            ["cap"],
+            registry=r,
+        )
+        self.receipts = Counter(
+            "gateway_receipts_total",
+            "received frames: accepted, ignored (not sent, repeated, malformed), expired, failed",
+            ["outcome"],
+            registry=r,
+        )

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.accounting import Accounting
 from gateway.backend.base import (
     Backend,
     ConnectionInfo,
@@ -26,11 +27,13 @@ from gateway.backend.base import (
     Publication,
     Recovery,
 )
+from gateway.backend.factory import make_online_store, make_receipt_store
 from gateway.closecodes import AuthErrorCode, CloseCode, ErrorCode, close_code_label
 from gateway.config import Settings
 from gateway.djangoapi import AuthFailure, DjangoClient
-from gateway.events import dumps_payload, new_event_id, now_ms
+from gateway.events import dumps_payload, new_event_id, now_ms, wants_receipts
 from gateway.hub import Hub, Order, Outbox
+from gateway.listen import redis_location
 from gateway.metrics import Metrics
 from gateway.protocol import (
     BUSINESS_EVENTS,
@@ -46,6 +49,7 @@ from gateway.protocol import (
     decode_frame,
     validate_payload,
 )
+from gateway.receipts import Receipts, looks_like_received, receipts_from_answer
 from gateway.rooms import (
     automatic_rooms,
     check_access,
@@ -60,15 +64,18 @@ log = logging.getLogger("gateway.node")
 
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 try:  # redis is a dependency, but keep the node importable without it for the memory backend
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError)
+    BACKEND_ERRORS = (*BACKEND_ERRORS, RedisError, RedisClusterException)
 except ImportError:  # pragma: no cover
     pass
 
 
 # how long a node keeps trying to read rooms' positions after a lost subscription
 VERIFY_POSITIONS_S = 60.0
+# how long live events are held for a member told to rejoin, before it gets them live anyway
+REJOIN_HOLD_S = 15.0
+REJOIN_SWEEP_S = 1.0
 
 
 def new_connection_id() -> str:
@@ -114,17 +121,49 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._moving: set[str] = set()  # rooms whose new epoch is being written
         self._background: set[asyncio.Task[None]] = set()
+        self._awaiting_rejoin: dict[tuple[Session, str], None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.accounting = Accounting(
+            make_online_store(settings, backend),
+            self.node_id,
+            max_per_user=settings.max_connections_per_user,
+            max_per_ip=settings.max_connections_per_ip,
+            cluster_wide=backend.name != "memory",
+            trusted_proxies=settings.trusted_proxies,
+            lease_s=settings.node_lease_s,
+            timeout_s=settings.limits_timeout_s,
+            metrics=metrics,
+        )
+        self.receipts = Receipts(
+            make_receipt_store(settings, backend),
+            metrics,
+            BACKEND_ERRORS,
+            max_pending=settings.receipts_pending,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.django.start()
         await self.backend.start(self.node_id, self.on_publication, self.on_control, self.on_resync)
-        await self._heartbeat_once()
-        self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        try:
+            await self._heartbeat_once()
+            self.metrics.ready.set(1)  # the backend answered: ready without waiting for a /readyz
+        except BACKEND_ERRORS as exc:  # not fatal: /readyz says 503, the heartbeat loop retries
+            self.backend_ok = False
+            self.metrics.ready.set(0)
+            where = redis_location(self.settings.redis_url or "")
+            log.warning(
+                "Redis at %s (GATEWAY_REDIS_URL) is unreachable at startup: not ready, "
+                "retrying (%s)",
+                where,
+                exc,
+            )
+        await self.accounting.start()  # never raises: registers once the backend answers
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
+            asyncio.create_task(self._rejoin_deadline_loop(), name="rejoin deadlines"),
+            asyncio.create_task(self.accounting.run(self._accounting_tick()), name="accounting"),
         ]
         if self.backend.name == "memory":
             # embedded mode has no worker: the node sweeps its own stale state
@@ -137,6 +176,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.accounting.stop()
         with contextlib.suppress(*BACKEND_ERRORS):
             await self.backend.deregister()
         await self.backend.close()
@@ -191,6 +231,7 @@ class Node:
             return "node_full"  # unfinished handshakes count (CONTRACT section 2)
         if self.by_ip[ip] >= self.settings.max_connections_per_ip:
             return "ip_limit"
+        self.accounting.note_address(ip, self.by_ip[ip] + 1, len(self.sessions) + 1)
         return None
 
     def open_session(self, transport: Transport, ip: str) -> Session:
@@ -275,6 +316,11 @@ class Node:
                 code,
                 time.time() - session.connected_at,
             )
+        user_id = (
+            session.identity.user_id if session.info is not None and session.identity else None
+        )
+        await self.accounting.closed(user_id, session.ip)
+        self.receipts.forget(session.id)
 
     async def authenticate_with(self, session: Session, token: str) -> None:
         """Authentication from the connect URL (``?token=``) or Socket.IO's ``auth``."""
@@ -287,6 +333,12 @@ class Node:
     # --- frames -------------------------------------------------------------------------------
     async def handle(self, session: Session, raw: str | bytes) -> None:
         self.frames_in += 1
+        if looks_like_received(raw):  # receipts: outside the rate limit, unless ignored
+            accepted = await self.receipts.handle(session, raw)
+            if accepted is not None:
+                if not accepted and not session.bucket.take():
+                    self.rate_limited(session)
+                return
         if not session.bucket.take():
             self.rate_limited(session)
             return
@@ -367,7 +419,9 @@ class Node:
                     AuthErrorCode.IDENTITY_MISMATCH, "userId/role differ from the token's identity"
                 )
             open_now = len(self.by_user.get(identity.user_id, ()))
-            if open_now >= self.settings.max_connections_per_user:
+            if open_now >= self.settings.max_connections_per_user or not (
+                await self.accounting.admit_user(identity.user_id, identity.role)
+            ):
                 raise AuthFailure(
                     AuthErrorCode.TOO_MANY_CONNECTIONS, "too many connections for this user"
                 )
@@ -375,6 +429,7 @@ class Node:
             self._auth_failed(session, exc, frame_id)
             return
         if session.closed:
+            await self.accounting.release_user(identity.user_id)  # counted, never registered
             return
         rooms = automatic_rooms(identity)
         session.identity = identity
@@ -451,7 +506,8 @@ class Node:
         if not member and len(session.rooms) >= self.settings.max_rooms_per_connection:
             raise ProtocolError(ErrorCode.TOO_MANY_ROOMS, "too many rooms on this connection")
         since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
-        session.open_gate(room)
+        gate = session.gate(room)
+        generation = gate.begin_join()
         try:
             if member:
                 await self.backend.subscribe(room)  # a rejoin waits for the resubscription
@@ -465,12 +521,13 @@ class Node:
                     session.info, room, since, sorted(session.rooms)
                 )
             if _went_back(seen, recovery.position):
-                recovery = await self._new_epoch(room, recovery.position, since)
+                recovery = await self._new_epoch(room, recovery.position, since, skip=session)
         except BACKEND_ERRORS as exc:
             buffered = session.drop_gate(room)
             if member:  # still a member: what arrived meanwhile is still owed to the client
                 for pub in buffered:
                     session.enqueue(session.transport.encode_publication(pub))
+                self.receipts.sent(session, buffered)
             elif room in session.rooms:
                 session.drop_room(room)
                 if self.hub.remove(session, room):
@@ -483,12 +540,24 @@ class Node:
         if payload.since is not None:
             data["recovered"] = recovery.recovered
             data["missed"] = [orjson.Fragment(p.event_data()) for p in recovery.publications]
+            self.receipts.sent(session, recovery.publications)
         self.reply(session, "room_joined", data, frame_id)
         # go live: what arrived while we read history, minus what the answer already had
-        for pub in session.release_gate(room, position.epoch, position.offset):
-            session.enqueue(session.transport.encode_publication(pub))
+        released = gate.release(generation, position.epoch, position.offset)
+        if released is None:
+            return  # a rejoin was sent meanwhile: the join that answers it goes live
+        newer, lossy = released
+        if newer:  # the stream is past the floor already
+            session.drop_gate(room)
+            for pub in newer:
+                session.enqueue(session.transport.encode_publication(pub))
+            self.receipts.sent(session, newer)
+        if lossy:  # more arrived than a gate holds: history has it
+            self._send_rejoin([room], "gap", only=session)
 
-    async def _new_epoch(self, room: str, position: Position, since: Position | None) -> Any:
+    async def _new_epoch(
+        self, room: str, position: Position, since: Position | None, skip: Session | None = None
+    ) -> Any:
         """Redis answered with a position below what this node already saw in the same epoch:
         it lost acknowledged writes (a lagging replica promoted, an older AOF). The room moves
         to a new epoch, so no (epoch, offset) pair is given to two events; its members are told."""
@@ -501,7 +570,7 @@ class Node:
             moved.epoch,
         )
         self.hub.moved_to(room, position.epoch, moved.offset, moved.epoch)
-        self._send_rejoin([room], "epoch")
+        self._send_rejoin([room], "epoch", skip=skip)
         recovered = since is not None and (since.epoch, since.offset) == (moved.epoch, moved.offset)
         return Recovery(position=moved, recovered=recovered)
 
@@ -586,9 +655,10 @@ class Node:
             raise ProtocolError(ErrorCode.DJANGO_UNAVAILABLE, "Django is unavailable, retry later")
         body = outcome.body if outcome.body is not None else payload
         rooms, body = rooms_from_answer(body, default_rooms(event, payload))
+        receipts, body = receipts_from_answer(body)
         try:
-            await self.backend.publish(
-                rooms, event, dumps_payload(body), "client", event_id=event_id
+            result = await self.backend.publish(
+                rooms, event, dumps_payload(body), "client", event_id=event_id, receipts=receipts
             )
         except BACKEND_ERRORS as exc:
             self.metrics.redis_errors.labels("publish").inc()
@@ -596,6 +666,8 @@ class Node:
             raise ProtocolError(
                 ErrorCode.UNAVAILABLE, "confirmed by Django but delivery failed; refetch state"
             ) from None
+        if receipts:
+            await self.receipts.published(result, self.local_members(rooms))
         self.metrics.business_events.labels(event, "confirmed").inc()
         self.metrics.publishes.labels("client").inc()
         self.reply(session, "ack", {"event": event, "eventId": event_id}, frame_id)
@@ -603,6 +675,8 @@ class Node:
     # --- backend callbacks --------------------------------------------------------------------
     def on_publication(self, pub: Publication) -> None:
         order = self.hub.deliver(pub)
+        if order is Order.IN_ORDER and wants_receipts(pub.body):
+            self.receipts.sent_live(pub, self.hub.members(pub.room))
         if order is Order.IN_ORDER:
             members = self.hub.rooms.get(pub.room)
             if members:
@@ -611,8 +685,7 @@ class Node:
                 if ts:
                     self.metrics.delivery_latency.observe(max(0.0, (now_ms() - ts) / 1000))
         elif order is Order.GAP:
-            self.metrics.deliveries.inc(len(self.hub.rooms.get(pub.room, ())))
-            self._send_rejoin([pub.room], "gap")
+            self._send_rejoin([pub.room], "gap", held=pub)
         elif order is Order.REUSED:
             self._on_reused(pub)
 
@@ -671,11 +744,62 @@ class Node:
                 finally:
                     self._moving.discard(room)
 
-    def _send_rejoin(self, rooms: list[str], reason: str) -> None:
+    def _send_rejoin(
+        self,
+        rooms: list[str],
+        reason: str,
+        *,
+        held: Publication | None = None,
+        skip: Session | None = None,
+        only: Session | None = None,
+    ) -> None:
+        """Tell members to join again with ``since``, and hold the room's live events for each
+        until it does (``held``: the event that showed the gap, first in line). A member that
+        does not rejoin within ``REJOIN_HOLD_S`` gets what was held, live."""
+        deadline = time.monotonic() + REJOIN_HOLD_S
         for room in rooms:
-            for session in self.hub.members(room):
+            members = (only,) if only is not None else self.hub.members(room)
+            for session in members:
+                if session is skip or session.closed:
+                    continue
+                pending = session.pending
+                gate = pending.get(room) if pending is not None else None
+                # Already told to rejoin (its answer will cover this), or joining now with a live
+                # subscription (its answer is still exact: a gap in the node's view is not one for
+                # a history read made after the subscription): hold, tell nothing new.
+                told = (
+                    gate is not None
+                    and gate.holding
+                    and (gate.deadline is not None or reason == "gap")
+                )
+                if gate is None:
+                    gate = session.gate(room)
+                if not told:
+                    gate.await_rejoin(deadline)
+                if held is not None:
+                    gate.hold(held)
+                if told:
+                    continue
+                self._awaiting_rejoin[(session, room)] = None
                 self.metrics.rejoins.labels(reason).inc()
                 self.reply(session, "rejoin", {"room": room, "reason": reason}, None)
+
+    async def _rejoin_deadline_loop(self) -> None:
+        """Members that were told to rejoin and did not in time get what was held for them."""
+        while True:
+            await asyncio.sleep(REJOIN_SWEEP_S)
+            now = time.monotonic()
+            for key in list(self._awaiting_rejoin):
+                session, room = key
+                gate = session.pending.get(room) if session.pending is not None else None
+                if session.closed or gate is None or gate.deadline is None:
+                    del self._awaiting_rejoin[key]
+                elif now >= gate.deadline:
+                    del self._awaiting_rejoin[key]
+                    held = session.drop_gate(room)
+                    for pub in held:
+                        session.enqueue(session.transport.encode_publication(pub))
+                    self.receipts.sent(session, held)
 
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":
@@ -749,6 +873,14 @@ class Node:
             removed = await self.backend.cleanup()
             if any(removed.values()):
                 log.debug("janitor removed %s", removed)
+
+    def local_members(self, rooms: list[str]) -> dict[str, int]:
+        """This node's members of ``rooms`` (embedded mode: everyone's)."""
+        return {room: len(self.hub.rooms.get(room, ())) for room in rooms}
+
+    def _accounting_tick(self) -> float:
+        """Grace periods end within a quarter of their length (at most 1 s late)."""
+        return min(1.0, max(0.05, self.settings.presence_grace_s / 4))
 
     async def _probe_loop(self) -> None:
         while True:

@@ -17,14 +17,18 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
-import redis
-from redis import asyncio as aioredis
 
-from gateway.backend import redis_publish
+from gateway.backend import redis_publish, redis_receipts
 from gateway.backend.base import PublishResult
+from gateway.backend.clients import async_client, kind_of, sync_client
 from gateway.backend.keys import Keys
+from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
+from gateway.backend.receipts import answer as receipts_answer
+from gateway.backend.redis_online import online_status, status_of
 from gateway.backend.redis_publish import HistoryPolicy
-from gateway.events import dumps_payload
+from gateway.backend.sentinel import aclose_sentinels, close_sentinels
+from gateway.backend.urls import parse_redis_url
+from gateway.events import dumps_payload, now_ms
 from gateway.rooms import is_valid_room
 
 MAX_EVENT_ID = 128
@@ -50,10 +54,6 @@ def _policy(history_size: int | None, history_ttl_s: int | None) -> HistoryPolic
     )
 
 
-def _is_cluster(url: str, cluster: bool | None) -> bool:
-    return cluster if cluster is not None else "+cluster" in url
-
-
 def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
     if not rooms:
         raise PublishError("no room given")
@@ -68,11 +68,33 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
         raise PublishError(f"payload is not JSON-serializable: {exc}") from None
 
 
+def _group_commit(client: Any) -> Any:
+    """The nodes' group commit when hiredis is installed (the ``server`` extra), else ``None``:
+    one redis-py pipeline per call, as before."""
+    try:
+        from gateway.backend.batch import make_batcher
+    except ImportError:
+        return None
+    return make_batcher(client)
+
+
+def _user_ids(user_ids: Sequence[str | int]) -> list[str]:
+    if isinstance(user_ids, str | int):
+        raise PublishError("give a list of user ids")
+    ids = list(dict.fromkeys(str(u) for u in user_ids))
+    if len(ids) > MAX_USERS_PER_QUERY:
+        raise PublishError(f"at most {MAX_USERS_PER_QUERY} users per call")
+    for user_id in ids:
+        if not is_valid_user_id(user_id):
+            raise PublishError(f"invalid user id {user_id!r}")
+    return ids
+
+
 P = TypeVar("P", bound="_Base")
 
 
 class _Base:
-    _clients: tuple[Any, Any]  # (single Redis client class, Redis Cluster client class)
+    _make_client: Any  # clients.sync_client or clients.async_client
 
     @classmethod
     def from_url(
@@ -84,12 +106,13 @@ class _Base:
         history_ttl_s: int | None = None,
         cluster: bool | None = None,
     ) -> P:
-        """A publisher for ``url`` (``redis://``, ``rediss://``, ``redis+cluster://``).
-        History size/TTL and the key prefix default to the ``GATEWAY_*`` variables."""
-        is_cluster = _is_cluster(url, cluster)
-        client_class = cls._clients[1] if is_cluster else cls._clients[0]
+        """A publisher for ``url``: any ``GATEWAY_REDIS_URL`` form (``redis://``, ``rediss://``,
+        ``unix://``, ``redis+cluster://``, ``redis+sentinel://``; with Sentinel the publisher
+        follows the master across failovers). History size/TTL and the key prefix default to
+        the ``GATEWAY_*`` variables."""
+        is_cluster = kind_of(parse_redis_url(url), cluster) == "cluster"
         return cls(
-            client_class.from_url(url.replace("+cluster", ""), protocol=2),
+            cls._make_client(url, cluster=is_cluster, protocol=2),
             prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
             history=_policy(history_size, history_ttl_s),
             cluster=is_cluster,
@@ -108,6 +131,7 @@ class _Base:
         payload: Any,
         idempotency_key: str | None,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> tuple[str, list[redis_publish.PublishCall]]:
         payload_json = _check(rooms, type_, payload)
         if event_id is not None and not 0 < len(event_id) <= MAX_EVENT_ID:
@@ -122,6 +146,7 @@ class _Base:
             sharded=self.cluster,
             event_id=event_id,
             idempotency_key=idempotency_key,
+            receipts=receipts,
         )
 
     def _control(self, user_id: str) -> tuple[str, bytes]:
@@ -132,7 +157,7 @@ class _Base:
 class Publisher(_Base):
     """Synchronous publisher for Django views, signals and management commands."""
 
-    _clients = (redis.Redis, redis.RedisCluster)
+    _make_client = staticmethod(sync_client)
 
     def publish(
         self,
@@ -142,12 +167,15 @@ class Publisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> int:
         """Publish one event to one room; returns its offset in the room. ``event_id`` names the
-        event (its ``id`` when delivered); publishing it again returns the first result."""
-        return self.publish_many([room], type, payload, idempotency_key, event_id=event_id).offsets[
-            room
-        ]
+        event (its ``id`` when delivered); publishing it again returns the first result.
+        ``receipts``: receivers acknowledge it (``receipts(event_id)``, contract §8)."""
+        result = self.publish_many(
+            [room], type, payload, idempotency_key, event_id=event_id, receipts=receipts
+        )
+        return result.offsets[room]
 
     def publish_many(
         self,
@@ -157,10 +185,23 @@ class Publisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
-        """Publish one event (one id) to several rooms in one round trip."""
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
-        return redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
+        """Publish one event (one id) to several rooms in one round trip (two with receipts)."""
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
+        result = redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
+        if receipts:
+            redis_receipts.write_index_sync(
+                self.client, self.keys, result.event_id, result.offsets, self.history.ttl_s
+            )
+        return result
+
+    def receipts(self, event_id: str) -> dict[str, Any] | None:
+        """Who received an event published with ``receipts=True``: ``{"eventId", "rooms":
+        {room: {"offset", "users": {userId: firstReceivedTs}, "connections", "members"}}}``
+        (broadcast rooms: ``users`` is a count); None when unknown or past the history TTL."""
+        rooms = redis_receipts.read_sync(self.client, self.keys, event_id)
+        return None if rooms is None else receipts_answer(event_id, rooms)
 
     def disconnect(self, user_id: str | int) -> int:
         """Close every connection of the user on every node (close 4403). Returns how many
@@ -170,14 +211,26 @@ class Publisher(_Base):
         self.client.execute_command(command, self.keys.control_channel, msg)
         return count
 
+    def online(self, user_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
+        """Cluster-wide online status: ``{userId: {"online", "connections", "lastSeen"}}``
+        (``online`` stays true for ``GATEWAY_PRESENCE_GRACE_S`` after the last close)."""
+        ids = _user_ids(user_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.hgetall(self.keys.user_online(user_id))
+        now = now_ms()
+        return {u: status_of(h, now).as_dict() for u, h in zip(ids, pipe.execute(), strict=True)}
+
     def close(self) -> None:
         self.client.close()
+        close_sentinels(self.client)
 
 
 class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
-    _clients = (aioredis.Redis, aioredis.RedisCluster)
+    _make_client = staticmethod(async_client)
+    _batcher: Any = None  # group commit of concurrent publishes, made on first use
 
     async def publish(
         self,
@@ -187,8 +240,11 @@ class AsyncPublisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> int:
-        result = await self.publish_many([room], type, payload, idempotency_key, event_id=event_id)
+        result = await self.publish_many(
+            [room], type, payload, idempotency_key, event_id=event_id, receipts=receipts
+        )
         return result.offsets[room]
 
     async def publish_many(
@@ -199,9 +255,24 @@ class AsyncPublisher(_Base):
         idempotency_key: str | None = None,
         *,
         event_id: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
-        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id)
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        """Concurrent calls (tasks publishing at once) share one round trip to Redis."""
+        event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
+        if self._batcher is None and not self.cluster:
+            self._batcher = _group_commit(self.client)
+        result = await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster, self._batcher
+        )
+        if receipts:
+            await redis_receipts.write_index_async(
+                self.client, self.keys, result.event_id, result.offsets, self.history.ttl_s
+            )
+        return result
+
+    async def receipts(self, event_id: str) -> dict[str, Any] | None:
+        rooms = await redis_receipts.read_async(self.client, self.keys, event_id)
+        return None if rooms is None else receipts_answer(event_id, rooms)
 
     async def disconnect(self, user_id: str | int) -> int:
         count = int(await self.client.scard(self.keys.user_connections(str(user_id))))
@@ -209,5 +280,12 @@ class AsyncPublisher(_Base):
         await self.client.execute_command(command, self.keys.control_channel, msg)
         return count
 
+    async def online(self, user_ids: Sequence[str | int]) -> dict[str, dict[str, Any]]:
+        statuses = await online_status(self.client, self.keys, _user_ids(user_ids), now_ms())
+        return {user_id: status.as_dict() for user_id, status in statuses.items()}
+
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self.client.aclose()
+        await aclose_sentinels(self.client)

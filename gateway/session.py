@@ -16,6 +16,7 @@ import orjson
 
 from gateway.backend.base import ConnectionInfo, Publication
 from gateway.closecodes import CloseCode
+from gateway.gate import RoomGate
 from gateway.protocol import FrameId
 from gateway.rooms import Identity
 
@@ -48,32 +49,6 @@ class Transport(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Start closing; must not block."""
-
-
-class RoomGate:
-    """What one session may be sent live from one room while, and after, it joins with history.
-
-    While the join's history read is in flight, live publications are held in ``buffer``. Once
-    the answer (with its position) is sent, the gate becomes a floor: a live publication of that
-    epoch at or below the position was already covered by the answer (it travelled on the pub/sub
-    connection, which can lag the command connection that read history) and is not sent again.
-    The gate is dropped by the first publication above the floor: from there on the stream is
-    in order by itself.
-    """
-
-    __slots__ = ("buffer", "epoch", "offset")
-
-    def __init__(self) -> None:
-        self.buffer: list[Publication] | None = []
-        self.epoch = ""
-        self.offset = 0
-
-    def hold(self, pub: Publication) -> bool:
-        """True when ``pub`` must not be sent now (held, or covered by the join's answer)."""
-        if self.buffer is not None:
-            self.buffer.append(pub)
-            return True
-        return pub.epoch == self.epoch and pub.offset <= self.offset
 
 
 class TokenBucket:
@@ -154,26 +129,16 @@ class Session:
             self.rooms.remove(room)
         self.drop_gate(room)
 
-    # --- joining with history ---------------------------------------------------------------
-    def open_gate(self, room: str) -> RoomGate:
-        """Hold live publications of ``room`` until ``release_gate`` (a join reads history)."""
-        if self.pending is None:
-            self.pending = {}
-        gate = self.pending[room] = RoomGate()
+    # --- joining with history (see gateway/gate.py) ----------------------------------------
+    def gate(self, room: str) -> RoomGate:
+        """The room's gate, opened (holding) if the session had none."""
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = {}
+        gate = pending.get(room)
+        if gate is None:
+            gate = pending[room] = RoomGate()
         return gate
-
-    def release_gate(self, room: str, epoch: str, offset: int) -> list[Publication]:
-        """The join's answer covers ``(epoch, offset)``: return what was held and is newer, and
-        keep the floor so that what is still in flight is not sent twice."""
-        gate = self.pending.get(room) if self.pending is not None else None
-        if gate is None or gate.buffer is None:
-            return []
-        held, gate.buffer = gate.buffer, None
-        gate.epoch, gate.offset = epoch, offset
-        newer = [p for p in held if p.epoch != epoch or p.offset > offset]
-        if newer:  # the stream is past the floor already
-            self.drop_gate(room)
-        return newer
 
     def drop_gate(self, room: str) -> list[Publication]:
         """Forget the gate; what it held (if still holding) is returned."""
@@ -182,7 +147,7 @@ class Session:
         gate = self.pending.pop(room, None)
         if not self.pending:
             self.pending = None
-        return gate.buffer or [] if gate is not None else []
+        return gate.held() if gate is not None else []
 
     def __repr__(self) -> str:
         return f"<Session {self.id}>"

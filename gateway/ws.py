@@ -224,13 +224,23 @@ def refuse_binary(node: Node, session: Session) -> None:
         node.reply_error(session, error, None)
 
 
+async def admit_ip(node: Node, request: web.Request) -> web.Response | None:
+    """The cluster-wide per-IP cap (Redis): 429, or None with the connection counted (the
+    caller then opens a session, or calls ``accounting.release_ip`` if it cannot)."""
+    ip = client_ip(request, node.settings.trusted_proxies)
+    if await node.accounting.admit_ip(ip):
+        return None
+    node.metrics.rejected_upgrades.labels("ip_limit").inc()
+    return web.json_response({"error": "ip_limit"}, status=429)
+
+
 async def handle_ws(request: web.Request, node: Node) -> web.StreamResponse:
     """``/ws`` upgraded by aiohttp's route (after other requests on a kept-alive connection, or
     handed over by the fast path to be refused): once accepted, the connection is served by the
     fast path's ``WsConnection`` from the 101 on (gateway.wstakeover), frames and all."""
     from gateway.wsconn import WsConnection  # (gateway.wsconn imports this module)
 
-    refused = refuse(node, request)
+    refused = refuse(node, request) or await admit_ip(node, request)
     if refused is not None:
         return refused
     if not web.WebSocketResponse().can_prepare(request).ok:

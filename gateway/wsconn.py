@@ -32,7 +32,7 @@ from gateway.session import Session
 from gateway.ws import WsTransport, client_ip_of, origin_ok, refuse_binary
 from gateway.wsframes import OPCODE_PONG, ws_frame
 from gateway.wsprotocol import PAUSE_INBOX, FrameProtocol
-from gateway.wsupgrade import MAX_HEAD_BYTES, parse_upgrade, switching_protocols
+from gateway.wsupgrade import MAX_HEAD_BYTES, Upgrade, parse_upgrade, switching_protocols
 
 log = logging.getLogger("gateway.ws")
 
@@ -40,6 +40,11 @@ INBOX_BYTES = 1 << 16  # frames read ahead of the node; reading pauses above (as
 ITEM_BYTES = 64  # what an inbox entry costs besides its text: empty frames count too
 _NO_CODE = -1  # a close frame without a status code, in the inbox
 BUSY_503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_IP_LIMIT_BODY = b'{"error": "ip_limit"}'
+TOO_MANY_FROM_IP = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_IP_LIMIT_BODY), _IP_LIMIT_BODY)
+)
 
 
 class _TokenAuth:
@@ -56,6 +61,7 @@ _Item = str | bytes | int | _TokenAuth  # text frame, binary frame, close code, 
 
 class WsConnection(FrameProtocol):
     __slots__ = (
+        "_admitting",
         "_busy",
         "_eof",
         "_hand_over_to",
@@ -88,6 +94,7 @@ class WsConnection(FrameProtocol):
         self._inbox_bytes = 0
         self._busy = False  # a task is working through the inbox
         self._eof = False  # the client half-closed
+        self._admitting: bytearray | None = None  # bytes read while Redis judges the upgrade
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +115,8 @@ class WsConnection(FrameProtocol):
         if self.ws is not None:
             self.ws.seen = True  # alive, whatever it sent, a pong included (ping_rounds)
             self.feed(data)
+        elif self._admitting is not None:
+            self._admitting += data
         else:
             self._request_head(data)
 
@@ -173,12 +182,33 @@ class WsConnection(FrameProtocol):
         if not origin_ok(upgrade.origin, settings.allowed_origins) or node.admit(ip) is not None:
             self._hand_over(buf)  # aiohttp's route answers the refusal, as for every refusal
             return
+        if node.accounting.gates_ips:  # Redis: the cluster-wide per-IP cap decides first
+            self._admitting = bytearray(buf[end + 4 :])
+            self._loop.create_task(self._admit(upgrade, ip))
+            return
+        self._upgrade(upgrade, ip, buf[end + 4 :])
+
+    async def _admit(self, upgrade: Upgrade, ip: str) -> None:
+        node = self._node
+        admitted = await node.accounting.admit_ip(ip)
+        rest, self._admitting = bytes(self._admitting or b""), None
+        if self._transport.is_closing():  # the client left meanwhile
+            if admitted:
+                await node.accounting.release_ip(ip)
+            return
+        if not admitted:
+            node.metrics.rejected_upgrades.labels("ip_limit").inc()
+            self._transport.write(TOO_MANY_FROM_IP)
+            self._transport.close()
+            return
+        self._upgrade(upgrade, ip, rest)
+
+    def _upgrade(self, upgrade: Upgrade, ip: str, rest: bytes) -> None:
         answer = switching_protocols(upgrade.key)
         # Django may take a while: upgrade at once unless the token is cached, then the 101
         # goes with auth_success (or auth_error), one send instead of two
-        hold = bool(upgrade.token) and node.django.cached(upgrade.token or "")
+        hold = bool(upgrade.token) and self._node.django.cached(upgrade.token or "")
         self.accept(answer, upgrade.token, ip, hold=hold)
-        rest = buf[end + 4 :]
         if rest:
             self.feed(rest)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from gateway.backend import redis_publish, scripts
+from gateway.backend import redis_publish, redis_receipts, scripts
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy, PublishCall
 from worker.entries import IngestEvent
@@ -59,6 +59,7 @@ async def publish_batch(
             sharded=sharded,
             event_id=event.event_id,
             idempotency_key=event.idempotency_key,
+            receipts=event.receipts,
         )
         plans.append((event, calls))
     flat = [call for _, calls in plans for call in calls]
@@ -82,7 +83,27 @@ async def publish_batch(
             outcome.duplicates.append(event)
         else:
             outcome.published.append(event)
+    await _index_receipts(client, keys, policy, plans, results)
     return outcome
+
+
+async def _index_receipts(
+    client: Any,
+    keys: Keys,
+    policy: HistoryPolicy,
+    plans: list[tuple[IngestEvent, list[PublishCall]]],
+    results: list[Any],
+) -> None:
+    """Events with receipts: their rooms' index, so ``receipts(eventId)`` finds them."""
+    i = 0
+    for event, calls in plans:
+        mine = results[i : i + len(calls)]
+        i += len(calls)
+        if event.receipts and not any(isinstance(r, Exception) for r in mine):
+            offsets = {call.room: int(r[0]) for call, r in zip(calls, mine, strict=True)}
+            await redis_receipts.write_index_async(
+                client, keys, event.event_id, offsets, policy.ttl_s
+            )
 
 
 async def _execute(client: Any, calls: list[PublishCall]) -> list[Any]:

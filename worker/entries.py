@@ -18,7 +18,8 @@ from gateway.events import MAX_ROOMS_PER_PUBLISH, TYPE_PATTERN, dumps_payload
 from gateway.rooms import is_valid_room
 
 MAX_PAYLOAD_BYTES = 1024 * 1024  # the publish API's default request size limit
-FIELDS = frozenset({"room", "rooms", "type", "payload", "idempotency_key"})
+FIELDS = frozenset({"room", "rooms", "type", "payload", "idempotency_key", "event_id", "receipts"})
+RECEIPTS_VALUES = {"1": True, "true": True, "0": False, "false": False}
 _TYPE_RE = re.compile(TYPE_PATTERN)
 # Event ids of ingest entries are derived from the stream entry id, so a retried or re-claimed
 # entry carries the same event id in every room it reaches.
@@ -38,6 +39,7 @@ class IngestEvent:
     payload_json: bytes
     idempotency_key: str
     event_id: str
+    receipts: bool = False  # field ``receipts 1``: receivers acknowledge it (contract §8)
 
 
 def _text(name: str, raw: bytes) -> str:
@@ -106,8 +108,12 @@ def parse_entry(stream: str, entry_id: str, raw_fields: dict[bytes, bytes]) -> I
     event_id = fields.get("event_id")
     if event_id is not None and not EVENT_ID.fullmatch(event_id):
         raise InvalidEntry("field 'event_id' must be 1..128 characters of A-Za-z0-9_.:-")
+    receipts = RECEIPTS_VALUES.get(fields.get("receipts", "0").lower())
+    if receipts is None:
+        raise InvalidEntry("field 'receipts' must be 1 or 0")
     return IngestEvent(
         entry_id=entry_id,
+        receipts=receipts,
         rooms=rooms,
         type=type_,
         payload_json=payload_json,

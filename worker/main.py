@@ -4,7 +4,8 @@ Jobs (each a coroutine that returns when ``stopping`` is set):
 - ``ingest``: the consumer of the ingest stream (``worker.ingest.IngestConsumer``);
 - ``ingest-stats``: consumer-group gauges and stream trimming (``worker.ingest.IngestStats``);
 - ``janitor``: dead nodes' state, under a lease (``worker.janitor.Janitor``);
-- ``rollups``: the events-per-minute series, under a lease (``worker.rollups.Rollups``).
+- ``rollups``: the events-per-minute series, under a lease (``worker.rollups.Rollups``);
+- ``presence``: online/offline changes POSTed to Django, under a lease (``worker.presence``).
 Each job handles Redis outages itself (log once, back off, retry); a job that crashes on an
 unexpected error is logged and restarted after a backoff, so one bug does not stop the others.
 """
@@ -24,10 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.backend.factory import history_policy
 from gateway.backend.redis import make_client
+from gateway.backend.sentinel import aclose_sentinels
 from gateway.config import ConfigError, Settings
 from worker.ingest import IngestConsumer, IngestStats
 from worker.janitor import Janitor
 from worker.metrics import WorkerMetrics
+from worker.presence import PresenceFeed
 from worker.retry import Backoff
 from worker.rollups import Rollups
 
@@ -52,6 +55,8 @@ class Worker:
             "janitor": Janitor(self.client, settings, m, stop).run,
             "rollups": Rollups(self.client, settings, m, stop).run,
         }
+        if settings.django_presence_path:  # the feed runs only where Django wants it
+            self.jobs["presence"] = PresenceFeed(self.client, settings, m, stop).run
         self.port = settings.worker_port
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -88,6 +93,7 @@ class Worker:
             await self._runner.cleanup()
         with contextlib.suppress(Exception):
             await self.client.aclose()
+            await aclose_sentinels(self.client)
 
     async def _supervise(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
         backoff = Backoff(base_s=0.5, cap_s=10.0)

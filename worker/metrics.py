@@ -74,6 +74,11 @@ class WorkerMetrics:
             ["op"],
             registry=r,
         )
+        self.presence_posted = Counter(
+            "gateway_worker_presence_posted_total",
+            "Online/offline changes accepted by Django (2xx) and acknowledged",
+            registry=r,
+        )
         for kind in JANITOR_KINDS:
             self.janitor_removed.labels(kind)
         for job in ("janitor", "rollup"):

@@ -55,6 +55,9 @@ class Delivery(_Out):
     epoch: str = Field(description="changes only when the room's history was lost")
     ts: int = Field(description="epoch milliseconds of the publish")
     source: Literal["client", "publisher", "api", "ingest"]
+    receipts: bool | None = Field(
+        None, description="true when the publisher asked for receipts: answer with `received`"
+    )
 
 
 class RoomJoined(_Out):

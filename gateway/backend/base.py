@@ -168,7 +168,11 @@ class Backend(Protocol):
         *,
         event_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> PublishResult: ...
+        receipts: bool = False,
+    ) -> PublishResult:
+        """``receipts``: the event asks its receivers to acknowledge it (contract §8); its body
+        ends with ``"receipts":true`` and its per-room receipt records are opened atomically
+        with the publish."""
 
     async def history_since(self, room: str, since: Position | None) -> Recovery:
         """The room's position and, when history covers ``since``, what came after it. Creates

@@ -137,6 +137,62 @@ class Keys:
         """hash type -> events of that type over the last 60 minutes, rolled up by the worker."""
         return f"{self.prefix}:{{g}}:epm:series:types"
 
+    # --- connection accounting and online status (appended) ----------------------------------
+    def user_online(self, user_id: str) -> str:
+        """hash of one user's cluster-wide connections and online state: ``n:<node>`` -> that
+        node's connections of the user, ``role``, ``on`` (``1``/``0``: the state last announced
+        on the presence stream), ``seen`` (ms of the last open or close), ``off`` (ms when the
+        user goes offline unless a connection opens first). TTL 30 days once offline."""
+        return f"{self.prefix}:user:{{{user_id}}}:online"
+
+    def ip_connections(self, ip: str) -> str:
+        """hash ``n:<node>`` -> that node's connections from one client address."""
+        return f"{self.prefix}:ip:{{{ip}}}:connections"
+
+    def node_held(self, node: str) -> str:
+        """hash of what the node counts in ``user_online`` / ``ip_connections``: ``u:<userId>``
+        and ``i:<ip>`` -> count, and ``_`` (always present while the node is registered), so a
+        dead node's counts are swept in O(its own users and addresses)."""
+        return f"{self.prefix}:node:{{{node}}}:held"
+
+    @property
+    def held_nodes(self) -> str:
+        """set of nodes that have a ``node_held`` record (the sweep's index)."""
+        return f"{self.prefix}:{{g}}:held:nodes"
+
+    @property
+    def presence_due(self) -> str:
+        """zset userId -> ms when the user's grace period ends (last connection closed)."""
+        return f"{self.prefix}:{{g}}:presence:due"
+
+    @property
+    def online_users(self) -> str:
+        """zset (all scores 0) of the users announced online, for counting and paging."""
+        return f"{self.prefix}:{{g}}:online"
+
+    @property
+    def presence_stream(self) -> str:
+        """stream of online/offline changes: ``userId``, ``role``, ``online`` (1/0), ``ts``."""
+        return f"{self.prefix}:presence"
+
+    @property
+    def presence_group(self) -> str:
+        return "gateway-presence"
+
+    def receipts(self, room: str, event_id: str) -> str:
+        """hash of one event's receipts in one room: ``o`` offset, ``e`` epoch, ``m`` members at
+        publish, ``c`` connections that acknowledged, ``u:<userId>`` -> first ms (broadcast rooms:
+        ``n`` distinct users instead); TTL the history TTL."""
+        return f"{self.prefix}:room:{{{room}}}:rcpt:{event_id}"
+
+    def receipts_users(self, room: str, event_id: str) -> str:
+        """HyperLogLog of the users of a broadcast room (``all_*``) who acknowledged."""
+        return f"{self.prefix}:room:{{{room}}}:rcpt:{event_id}:u"
+
+    def receipts_event(self, event_id: str) -> str:
+        """hash room -> offset: the rooms of an event published with receipts; TTL history."""
+        return f"{self.prefix}:rcpt:{{{event_id}}}"
+
     # --- janitor (appended) -------------------------------------------------------------------
     def job_period(self, job: str) -> str:
         """string: set (PX, most of a period) by the worker that ran ``job`` this period; the

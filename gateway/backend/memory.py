@@ -107,6 +107,7 @@ class MemoryBackend:
         *,
         event_id: str | None = None,
         idempotency_key: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
         # A caller's event id publishes once, like an idempotency key (it may retry with it).
         dedupe = idempotency_key or (f"\x00{event_id}" if event_id else None)
@@ -119,7 +120,8 @@ class MemoryBackend:
             if seen is not None:
                 offsets[room], event_id, duplicate = seen[1], seen[3], True
                 continue
-            pub = self._append(room, build_body(room, type_, payload_json, event_id, ts, source))
+            body = build_body(room, type_, payload_json, event_id, ts, source, receipts)
+            pub = self._append(room, body)
             offsets[room] = pub.offset
             if dedupe:
                 expires = time.monotonic() + IDEMPOTENCY_TTL_S

@@ -1,64 +1,55 @@
-"""One pub/sub connection to one Redis server, owned outright.
+"""One pub/sub connection to one Redis server, for that connection's whole life.
 
 We speak RESP on our own asyncio stream (parsed by hiredis) instead of redis-py's PubSub because
-we must *know* when a connection was lost: redis-py resubscribes silently, hiding the window in
-which publications were missed. Here every loss is reported (``on_lost``) so the node can tell
-its clients to ``rejoin`` and recover from history.
+we must *know* when a subscription was lost: redis-py resubscribes silently, hiding the window in
+which publications were missed. A link reports every outcome to its owner (``LinkEvents``):
+each confirmed subscription, each error reply to a subscribe (``MOVED``, ``CROSSSLOT``, ACL…),
+each channel the server unsubscribed by itself (its slot moved away), and the end of the
+connection with the channels it carried. A link never reconnects: its owner
+(``gateway.backend.subscriptions``) decides which server each channel belongs on next.
+
+Each channel is subscribed with its own command: on Redis Cluster an ``SSUBSCRIBE`` naming
+channels of different slots is refused whole (``CROSSSLOT``), even when one master owns them all.
+Replies are matched to commands in order (Redis answers in order), so an error names its channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import random
 import ssl
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote, urlparse
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import hiredis
 
 from gateway.backend.batch import pack_command
+from gateway.backend.endpoint import Endpoint
 
 log = logging.getLogger("gateway.pubsub")
 
 MessageHandler = Callable[[str, bytes], None]
-LostHandler = Callable[[set[str]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    use_ssl: bool = False
-    unix_path: str | None = None
+class LinkEvents(Protocol):
+    """What a link tells its owner. Each call names the link: a late report from a link the
+    owner has already replaced is recognised and ignored."""
 
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        parsed = urlparse(url)
-        password = unquote(parsed.password) if parsed.password else None
-        username = unquote(parsed.username) if parsed.username else None
-        if parsed.scheme == "unix":
-            return cls("", 0, username, password, unix_path=parsed.path)
-        return cls(
-            parsed.hostname or "localhost",
-            parsed.port or 6379,
-            username,
-            password,
-            use_ssl=parsed.scheme.startswith("rediss"),
-        )
+    def confirmed(self, link: PubSubLink, channel: str) -> None:
+        """The server confirmed the subscription: publications flow from now on."""
 
-    def with_address(self, host: str, port: int) -> Endpoint:
-        return Endpoint(host, port, self.username, self.password, self.use_ssl)
+    def refused(self, link: PubSubLink, channel: str, error: str) -> None:
+        """The server answered the subscribe with an error; the channel left this link."""
 
-    @property
-    def name(self) -> str:
-        return self.unix_path or f"{self.host}:{self.port}"
+    def dropped(self, link: PubSubLink, channel: str) -> None:
+        """The server unsubscribed a confirmed channel by itself (its slot moved away)."""
+
+    def closed(self, link: PubSubLink, channels: set[str], live: set[str], reason: str) -> None:
+        """The connection ended (or never opened). ``channels`` it carried; ``live`` those of
+        them that were confirmed (their publications may have been missed)."""
 
 
 class PubSubLink:
@@ -68,97 +59,101 @@ class PubSubLink:
         *,
         sharded: bool,
         on_message: MessageHandler,
-        on_lost: LostHandler,
+        events: LinkEvents,
         probe_s: float = 5.0,
-        subscribe_timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self.endpoint = endpoint
-        self._sharded = sharded
         self._on_message = on_message
-        self._on_lost = on_lost
+        self._events = events
         self._probe_s = probe_s
-        self._subscribe_timeout_s = subscribe_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._sub_cmd = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
         self._unsub_cmd = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
-        self.channels: set[str] = set()  # wanted
-        self._active: set[str] = set()  # confirmed by the server on this connection
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._pending_sub: set[str] = set()
+        self.channels: set[str] = set()  # assigned to this link
+        self.active: set[str] = set()  # confirmed by the server on this connection
+        self._sent: set[str] = set()  # subscribe sent, not answered yet
+        # the replies this connection still owes, oldest first: ("sub"|"unsub"|"ping", channel)
+        self._owed: collections.deque[tuple[str, str]] = collections.deque()
         self._writer: asyncio.StreamWriter | None = None
-        self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_rx = time.monotonic()
-        self._closing = False
-        self.reconnects = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
+        self._close_reason: str | None = None
+        self._report = True
+        self.up = False  # connected: commands go out now
+        self.done = False  # the connection is over; this link is finished
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"pubsub {self.endpoint.name}")
 
-    async def close(self) -> None:
-        self._closing = True
+    def add(self, channel: str) -> None:
+        """Carry ``channel``: subscribed now if connected, else as soon as connected."""
+        self.channels.add(channel)
+        if self.up and channel not in self._sent and channel not in self.active:
+            self._subscribe(channel)
+
+    def remove(self, channel: str) -> None:
+        if channel not in self.channels:
+            return
+        self.channels.discard(channel)
+        was_sent = channel in self.active or channel in self._sent
+        self.active.discard(channel)
+        self._sent.discard(channel)
+        if was_sent and self.up:
+            self._owed.append(("unsub", channel))
+            self._send(self._unsub_cmd, channel)
+
+    def close(self, reason: str, *, report: bool = True) -> None:
+        """End the connection; with ``report``, the owner hears ``closed`` as for a loss."""
+        if self.done or self._close_reason is not None:
+            return
+        self._close_reason = reason
+        self._report = report
         if self._task is not None:
             self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._drop_connection()
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.cancel()
 
-    async def subscribe(self, channels: Iterable[str]) -> None:
-        """Subscribe and wait until the server confirms each channel."""
-        futures = []
-        for channel in channels:
-            self.channels.add(channel)
-            if channel in self._active:
-                continue  # the common case: no waiting, and no loop lookup (a system call)
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(channel, []).append(fut)
-            futures.append(fut)
-            if self.connected and channel not in self._pending_sub:
-                if not self._pending_sub:
-                    loop.call_soon(self._flush_subscribes)
-                self._pending_sub.add(channel)
-        if futures:
-            async with asyncio.timeout(self._subscribe_timeout_s):
-                await asyncio.gather(*futures)
+    # --- the connection's life ---------------------------------------------------------------
+    async def _run(self) -> None:
+        reason = "connection closed"
+        try:
+            reader, self._writer = await asyncio.wait_for(self._open(), self._connect_timeout_s)
+            self.up = True
+            self._last_rx = time.monotonic()
+            for channel in sorted(self.channels):
+                self._subscribe(channel)
+            probe = asyncio.create_task(self._probe_loop())
+            try:
+                await self._read_loop(reader)
+            finally:
+                probe.cancel()
+        except asyncio.CancelledError:
+            if self._close_reason is None:
+                self._finish("cancelled", report=False)
+                raise
+            reason = self._close_reason
+        except (OSError, TimeoutError, ConnectionError, hiredis.ProtocolError) as exc:
+            reason = str(exc) or type(exc).__name__
+        except Exception as exc:  # a bug here must not leave the channels on a dead link
+            log.exception("pub/sub connection to %s failed", self.endpoint.name)
+            reason = f"internal error: {exc!r}"
+        self._finish(reason, report=self._report)
 
-    def unsubscribe(self, channels: Iterable[str]) -> None:
-        gone = [c for c in channels if c in self.channels]
-        for channel in gone:
-            self.channels.discard(channel)
-            self._active.discard(channel)
-            self._pending_sub.discard(channel)
-        if gone and self._writer is not None and self.connected:
-            self._send(self._unsub_cmd, *gone)
-
-    def restart(self, reason: str) -> None:
-        """Drop the connection; the run loop reconnects and resubscribes (liveness probe)."""
-        log.warning("restarting pub/sub connection to %s: %s", self.endpoint.name, reason)
-        self._drop_connection()
-
-    # --- internals -----------------------------------------------------------------------------
-    def _flush_subscribes(self) -> None:
-        channels = sorted(self._pending_sub)
-        self._pending_sub.clear()
-        if channels and self.connected:
-            self._send(self._sub_cmd, *channels)
-
-    def _send(self, *parts: str | bytes) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(pack_command(parts))
-
-    def _drop_connection(self) -> None:
-        self._connected.clear()
+    def _finish(self, reason: str, *, report: bool) -> None:
+        self.up = False
+        self.done = True
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        channels, live = set(self.channels), set(self.active)
+        self.active.clear()
+        self._sent.clear()
+        if report:
+            self._events.closed(self, channels, live, reason)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         ep = self.endpoint
@@ -174,88 +169,101 @@ class PubSubLink:
             while (reply := parser.gets()) is False:
                 chunk = await reader.read(4096)
                 if not chunk:
+                    writer.close()
                     raise ConnectionError("connection closed during AUTH")
                 parser.feed(chunk)
             if isinstance(reply, hiredis.ReplyError):
+                writer.close()
                 raise ConnectionError(f"AUTH failed: {reply}")
         return reader, writer
-
-    async def _run(self) -> None:
-        delay = 0.1
-        first = True
-        while not self._closing:
-            try:
-                reader, writer = await asyncio.wait_for(self._open(), timeout=5)
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.warning("pub/sub connect to %s failed: %s", self.endpoint.name, exc)
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 5.0)
-                continue
-            self._writer = writer
-            self._active.clear()
-            self._pending_sub.clear()
-            if self.channels:
-                self._send(self._sub_cmd, *sorted(self.channels))
-            self._connected.set()
-            self._last_rx = time.monotonic()
-            if not first:
-                self.reconnects += 1
-                log.info("pub/sub connection to %s restored", self.endpoint.name)
-            first = False
-            delay = 0.1
-            probe = asyncio.create_task(self._probe_loop())
-            try:
-                await self._read_loop(reader)
-            except (OSError, ConnectionError, hiredis.ProtocolError) as exc:
-                log.warning("pub/sub connection to %s lost: %s", self.endpoint.name, exc)
-            finally:
-                probe.cancel()
-                self._drop_connection()
-            if self._closing:
-                return
-            lost = set(self.channels)
-            self._active.clear()
-            if lost:
-                self._on_lost(lost)
-            await asyncio.sleep(delay * random.random())
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         parser = hiredis.Reader()
         while True:
             chunk = await reader.read(65536)
             if not chunk:
-                raise ConnectionError("connection closed by server")
+                raise ConnectionError("connection closed by the server")
             self._last_rx = time.monotonic()
             parser.feed(chunk)
             while (reply := parser.gets()) is not False:
                 self._dispatch(reply)
 
-    def _dispatch(self, reply: Any) -> None:
-        if not isinstance(reply, list) or not reply:
-            return
-        kind = reply[0]
-        if kind in (b"message", b"smessage"):
-            self._on_message(reply[1].decode(), reply[2])
-        elif kind in (b"subscribe", b"ssubscribe"):
-            channel = reply[1].decode()
-            if channel in self.channels:
-                self._active.add(channel)
-                for fut in self._waiters.pop(channel, []):
-                    if not fut.done():
-                        fut.set_result(None)
-        elif kind == b"sunsubscribe":
-            channel = reply[1].decode()
-            if channel in self.channels and channel in self._active:
-                # The server moved the slot away (resharding): recover through a reconnect.
-                self._active.discard(channel)
-                self._on_lost({channel})
-
     async def _probe_loop(self) -> None:
-        """PING through the subscribed connection; a silent connection is restarted."""
+        """PING through the subscribed connection; a silent connection is closed."""
         while True:
             await asyncio.sleep(self._probe_s)
+            self._owed.append(("ping", ""))
             self._send("PING")
             await asyncio.sleep(self._probe_s)
             if time.monotonic() - self._last_rx > 2 * self._probe_s:
-                self.restart("no answer to PING")
+                log.warning("pub/sub connection to %s is silent: closing it", self.endpoint.name)
+                self.close("no answer to PING")
                 return
+
+    # --- commands and replies ----------------------------------------------------------------
+    def _subscribe(self, channel: str) -> None:
+        self._sent.add(channel)
+        self._owed.append(("sub", channel))
+        self._send(self._sub_cmd, channel)
+
+    def _send(self, *parts: str | bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(pack_command(parts))
+
+    def _dispatch(self, reply: Any) -> None:
+        if isinstance(reply, hiredis.ReplyError):
+            self._error(str(reply))
+            return
+        if not isinstance(reply, list) or not reply:
+            if reply == b"PONG":  # a PING while nothing was subscribed: a plain answer
+                self._answered("ping")
+            return
+        kind = reply[0]
+        if kind in (b"message", b"smessage"):
+            channel = reply[1].decode()
+            if channel in self.channels:  # not one being unsubscribed (moved elsewhere)
+                self._on_message(channel, reply[2])
+        elif kind in (b"subscribe", b"ssubscribe"):
+            self._answered("sub")
+            self._confirmed(reply[1].decode())
+        elif kind in (b"unsubscribe", b"sunsubscribe"):
+            channel = reply[1].decode()
+            if self._owed and self._owed[0] == ("unsub", channel):
+                self._owed.popleft()  # the answer to our own unsubscribe
+            elif channel in self.active:
+                self._server_unsubscribed(channel)
+        elif kind == b"pong":
+            self._answered("ping")
+
+    def _answered(self, kind: str) -> tuple[str, str] | None:
+        if self._owed and self._owed[0][0] == kind:
+            return self._owed.popleft()
+        return None
+
+    def _confirmed(self, channel: str) -> None:
+        self._sent.discard(channel)
+        if channel in self.channels:
+            self.active.add(channel)
+            self._events.confirmed(self, channel)
+
+    def _server_unsubscribed(self, channel: str) -> None:
+        self.active.discard(channel)
+        self.channels.discard(channel)
+        self._events.dropped(self, channel)
+
+    def _error(self, error: str) -> None:
+        kind, channel = self._owed.popleft() if self._owed else ("", "")
+        if kind == "sub":
+            self._sent.discard(channel)
+            if channel in self.channels:
+                self.channels.discard(channel)
+                self._events.refused(self, channel, error)
+            if error.startswith(CHANNEL_ERRORS):
+                return
+        # Not about one channel (maxclients, LOADING, a refused PING or UNSUBSCRIBE...): this
+        # connection is not usable; its owner places the channels again.
+        self.close(f"error from the server: {error}")
+
+
+# Error replies about one channel's subscribe; any other error closes the connection.
+CHANNEL_ERRORS = ("MOVED ", "ASK ", "CROSSSLOT", "NOPERM", "TRYAGAIN", "CLUSTERDOWN")

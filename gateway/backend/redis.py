@@ -1,9 +1,10 @@
 """The Redis backend: stateless nodes share rooms, presence, history and fan-out through Redis.
 
-Fan-out uses one pub/sub connection per Redis server (one in total on a single Redis; one per
-master with Redis Cluster, where sharded pub/sub keeps each room's traffic on its slot's master).
-A node subscribes to a room's channel only while it has local members; unsubscribes are deferred
-briefly so join/leave churn does not thrash Redis.
+Fan-out uses one pub/sub connection per Redis server (one in total on a single Redis or Sentinel's
+master; one per master with Redis Cluster, where sharded pub/sub keeps each room's traffic on its
+slot's master), managed by ``subscriptions.Subscriptions``, which follows failovers and slot
+moves. A node subscribes to a room's channel only while it has local members; unsubscribes are
+deferred briefly so join/leave churn does not thrash Redis.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from redis import asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.backend import redis_publish, scripts
 from gateway.backend.base import (
@@ -36,10 +35,15 @@ from gateway.backend.base import (
     Recovery,
     ResyncHandler,
 )
+from gateway.backend.clients import async_client, kind_of
+from gateway.backend.endpoint import Endpoint
 from gateway.backend.keys import Keys
-from gateway.backend.pubsub_link import Endpoint, PubSubLink
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
+from gateway.backend.sentinel import SentinelMaster, aclose_sentinels
+from gateway.backend.subscriptions import Subscriptions
+from gateway.backend.topology import ClusterSlots, SingleServer, Topology
+from gateway.backend.urls import parse_redis_url
 from gateway.events import UNPUBLISHED_EPOCH, new_epoch, now_ms
 
 log = logging.getLogger("gateway.redis")
@@ -47,22 +51,36 @@ log = logging.getLogger("gateway.redis")
 POSITIONS_BATCH = 1000
 
 
-def plain_url(url: str) -> str:
-    return url.replace("+cluster", "")
+# What a Redis that cannot be reached raises through redis-py (a cluster that cannot be reached
+# raises RedisClusterException, which is not a RedisError).
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 
 def make_client(url: str, *, cluster: bool, timeout_s: float = 5.0) -> Any:
+    """The asyncio redis-py client of nodes and the worker, for any ``GATEWAY_REDIS_URL``."""
     options: dict[str, Any] = {
         "protocol": 2,  # reply shapes this module parses; pub/sub has its own connection
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": 15,
     }
-    if cluster:
-        return RedisCluster.from_url(plain_url(url), **options)
-    return aioredis.Redis.from_url(
-        url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1), **options
-    )
+    if kind_of(parse_redis_url(url), cluster) != "cluster":
+        options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
+    return async_client(url, cluster=cluster, **options)
+
+
+def make_topology(url: str, kind: str, client: Any) -> Topology:
+    template = Endpoint.of(parse_redis_url(url))
+    if kind == "cluster":
+        return ClusterSlots(client, template)
+    if kind == "sentinel":
+        return SentinelMaster(client, template)
+    return SingleServer(template)
 
 
 class RedisBackend:
@@ -82,14 +100,20 @@ class RedisBackend:
     ) -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self.cluster = cluster
+        self.kind = kind_of(parse_redis_url(url), cluster)
+        self.cluster = cluster = self.kind == "cluster"
         self.history = history or HistoryPolicy()
         self.client = client or make_client(url, cluster=cluster)
         self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s, cluster=cluster)
-        self._endpoint = Endpoint.from_url(plain_url(url))
+        self.subscriptions = Subscriptions(
+            make_topology(url, self.kind, self.client),
+            sharded=cluster,
+            on_message=self._on_message,
+            on_restored=self._on_lost,
+            probe_s=probe_s,
+        )
         self._probe_s = probe_s
         self._unsub_delay_s = unsubscribe_delay_s
-        self._links: dict[str, PubSubLink] = {}
         self._pending_unsub: dict[str, asyncio.TimerHandle] = {}
         self._node_id = ""
         self._on_publication: PublicationHandler | None = None
@@ -112,12 +136,13 @@ class RedisBackend:
         self._on_publication = on_publication
         self._on_control = on_control
         self._on_resync = on_resync
-        if self.cluster:
-            await self.client.initialize()
-        await self._link_for(self.keys.control_channel).subscribe([self.keys.control_channel])
-        own = self.keys.node_channel(node_id)
-        await self._link_for(own).subscribe([own])
+        self.subscriptions.start()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="pubsub probe")
+        channels = [self.keys.control_channel, self.keys.node_channel(node_id)]
+        try:  # a Redis that cannot be reached now is not fatal: the node reports not ready
+            await self.subscriptions.subscribe(channels, impatient=True)
+        except (ConnectionError, TimeoutError) as exc:  # the node logs it, once
+            log.debug("Redis not reachable at startup (%s): retrying", exc)
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -126,44 +151,33 @@ class RedisBackend:
                 await self._probe_task
         for handle in self._pending_unsub.values():
             handle.cancel()
-        for link in self._links.values():
-            await link.close()
+        await self.subscriptions.close()
         await self.state.batch.aclose()
         await self.client.aclose()
+        await aclose_sentinels(self.client)
 
     async def ready(self) -> bool:
+        """Redis answers a PING, and every channel the node wants is live."""
         try:
             async with asyncio.timeout(2):
                 await self.client.ping()
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_ERRORS:
             return False
-        return all(link.connected for link in self._links.values())
+        return self.subscriptions.all_live()
+
+    @property
+    def pubsub_reconnects(self) -> int:
+        return self.subscriptions.reconnects
 
     # --- fan-out ------------------------------------------------------------------------------
-    def _link_for(self, channel: str) -> PubSubLink:
-        endpoint = self._endpoint
-        if self.cluster:
-            node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(channel))
-            endpoint = endpoint.with_address(node.host, node.port)
-        link = self._links.get(endpoint.name)
-        if link is None:
-            link = PubSubLink(
-                endpoint,
-                sharded=self.cluster,
-                on_message=self._on_message,
-                on_lost=self._on_lost,
-                probe_s=self._probe_s,
-            )
-            self._links[endpoint.name] = link
-            link.start()
-        return link
-
     async def subscribe(self, room: str) -> None:
+        """Returns once the server that owns the room's channel now confirmed the subscription
+        (waiting for a re-subscription after a loss); raises on refusal or after 5 s."""
         channel = self.keys.room_channel(room)
         handle = self._pending_unsub.pop(room, None)
         if handle is not None:
             handle.cancel()
-        await self._link_for(channel).subscribe([channel])
+        await self.subscriptions.subscribe([channel])
 
     def unsubscribe(self, room: str) -> None:
         if room in self._pending_unsub:
@@ -173,10 +187,7 @@ class RedisBackend:
 
     def _unsubscribe(self, room: str) -> None:
         self._pending_unsub.pop(room, None)
-        channel = self.keys.room_channel(room)
-        for link in self._links.values():
-            if channel in link.channels:
-                link.unsubscribe([channel])
+        self.subscriptions.unsubscribe([self.keys.room_channel(room)])
 
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel == self.keys.control_channel:
@@ -211,7 +222,8 @@ class RedisBackend:
         if self._on_publication is not None:
             self._on_publication(pub)
 
-    def _on_lost(self, channels: set[str]) -> None:
+    def _on_lost(self, channels: list[str]) -> None:
+        """Channels live again after a loss: their rooms may have missed events."""
         for channel in channels:
             listener = self._listeners.get(channel)
             if listener is not None:
@@ -227,8 +239,7 @@ class RedisBackend:
         task = asyncio.current_task()
         while task is None or not task.cancelling():  # redis-py can swallow a cancel()
             await asyncio.sleep(self._probe_s)
-            link = self._link_for(own)
-            if not link.connected:
+            if not self.subscriptions.is_live(own):
                 continue
             self._probe_seen.clear()
             try:
@@ -236,8 +247,9 @@ class RedisBackend:
                 async with asyncio.timeout(self._probe_s):
                     await self._probe_seen.wait()
             except TimeoutError:
-                link.restart("liveness probe not delivered")
-            except (RedisError, OSError) as exc:
+                if self.subscriptions.is_live(own):
+                    self.subscriptions.restart(own, "liveness probe not delivered")
+            except REDIS_ERRORS as exc:
                 log.debug("probe publish failed: %s", exc)
 
     async def listen(
@@ -247,7 +259,10 @@ class RedisBackend:
         ``on_message(data)`` per message, ``on_lost()`` when the subscription was lost and
         messages may have been missed. Publish to it with PUBLISH (SPUBLISH in a cluster)."""
         self._listeners[channel] = (on_message, on_lost)
-        await self._link_for(channel).subscribe([channel])
+        try:  # a Redis that cannot be reached now: the channel is wanted, and placed later
+            await self.subscriptions.subscribe([channel], impatient=True)
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("%s not subscribed yet (%s): retrying", channel, exc)
 
     # --- publishing and history ---------------------------------------------------------------
     async def publish(
@@ -259,6 +274,7 @@ class RedisBackend:
         *,
         event_id: str | None = None,
         idempotency_key: str | None = None,
+        receipts: bool = False,
     ) -> PublishResult:
         event_id, calls = redis_publish.build_calls(
             self.keys,
@@ -270,8 +286,11 @@ class RedisBackend:
             sharded=self.cluster,
             event_id=event_id,
             idempotency_key=idempotency_key,
+            receipts=receipts,
         )
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        return await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster, self.state.batch
+        )
 
     def _history_call(
         self, room: str, since: Position | None
@@ -302,7 +321,15 @@ class RedisBackend:
 
     async def history_since(self, room: str, since: Position | None) -> Recovery:
         script, keys, args = self._history_call(room, since)
-        return self._recovery(room, await script.run(self.client, keys, args))
+        if self.cluster:
+            return self._recovery(room, await script.run(self.client, keys, args))
+        # Through the group commit, not a pooled connection each: a reconnect storm rejoins
+        # thousands of rooms at once, and redis-py's pool refuses callers past its size
+        # ("Too many connections", found by bench/storm.py).
+        [result] = await self.state.batch.run(
+            lambda buffer: buffer.evalsha(script.sha, len(keys), *keys, *args)
+        )
+        return self._recovery(room, result)
 
     async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
         found: dict[str, Position] = {}

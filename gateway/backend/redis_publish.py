@@ -53,6 +53,7 @@ def build_calls(
     sharded: bool,
     event_id: str | None = None,
     idempotency_key: str | None = None,
+    receipts: bool = False,
 ) -> tuple[str, list[PublishCall]]:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ValueError(f"idempotency key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
@@ -67,7 +68,7 @@ def build_calls(
     record_inline = "0" if sharded else "1"
     calls = []
     for room in rooms:
-        body = build_body(room, type_, payload_json, event_id, ts, source)
+        body = build_body(room, type_, payload_json, event_id, ts, source, receipts)
         dedupe = (
             keys.room_idempotency(room, idempotency_key)
             if idempotency_key
@@ -97,6 +98,8 @@ def build_calls(
             source,
             room,
         ]
+        if receipts:  # appended: publishes without receipts pass exactly what they did
+            args += [policy.ttl_s, keys.receipts(room, event_id)]
         if sharded:
             call_keys = call_keys[:3]
         calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source)))
@@ -150,9 +153,20 @@ def _needs_reload(results: list[Any]) -> bool:
 
 
 async def run_async(
-    client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
+    client: Any,
+    keys: Keys,
+    event_id: str,
+    calls: list[PublishCall],
+    sharded: bool,
+    batcher: Any = None,
 ) -> PublishResult:
+    """``batcher`` (single Redis): a group commit (``gateway.backend.batch``) shared by the
+    caller's concurrent publishes, so N publishes in flight cost one round trip and no
+    redis-py pipeline each (docs/benchmarks.md, "Publishing to many rooms")."""
     if not sharded:
+        if batcher is not None:
+            results = await batcher.run(lambda buffer: _queue(buffer, calls))
+            return _result(event_id, calls, results)
         return _result(event_id, calls, await _execute_async(client, calls))
     # Cluster: redis-py refuses EVALSHA in a cluster pipeline, so one call per room, each routed
     # to its slot's master (a call touches only its room's slot: still atomic per room).

@@ -636,7 +636,23 @@ class GatewayClient:
 
     def _deliver(self, data: JsonObject) -> None:
         self.stats.events_delivered += 1
+        if data.get("receipts") is True:
+            self._acknowledge(data)
         self._queue.put_nowait(("event", str(data.get("type")), data))
+
+    def _acknowledge(self, data: JsonObject) -> None:
+        """An event that asks for receipts: tell the gateway it arrived (contract §8)."""
+        conn = self._conn
+        if conn is None:
+            return  # the connection is gone; recovery hands the event over again, acked then
+        receipt = {k: data.get(k) for k in ("room", "offset", "epoch")}
+        frame = orjson.dumps({"event": "received", "data": receipt}).decode()
+        self._spawn(self._send_receipt(conn.ws, frame))
+
+    @staticmethod
+    async def _send_receipt(ws: aiohttp.ClientWebSocketResponse, frame: str) -> None:
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+            await ws.send_str(frame)
 
     def _emit(self, name: str, info: JsonObject) -> None:
         self._queue.put_nowait(("lifecycle", name, info))

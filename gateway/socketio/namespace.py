@@ -113,6 +113,7 @@ class SocketLayer:
         self._joining = ""  # the room of the restore join in progress
         self._joining_since: Position | None = None
         self._join_failed = False
+        self._rejoins: set[str] = set()  # rooms with a rejoin queued
         self._binary_to_skip = 0
         self._left = False  # the client disconnected its socket itself
         self._inbox: deque[Job] = deque()
@@ -331,14 +332,14 @@ class SocketLayer:
     def rejoin(self, room: str) -> None:
         """Live events of ``room`` are missing: drop the live stream until the room is joined
         again from what the client has (the core's join with since: history, then live)."""
-        encoded = room.encode()
-        delivery = self.engine.delivery
-        if encoded in delivery.recovering or not self.connected:
-            return  # already under way, or part of the CONNECT's restore
-        delivery.recovering.add(encoded)
+        if room in self._rejoins:
+            return  # one is queued already, and will read from the position it finds
+        self._rejoins.add(room)
+        self.engine.delivery.recovering.add(room.encode())
         self._queue(partial(self._rejoin, room))
 
     async def _rejoin(self, room: str) -> None:
+        self._rejoins.discard(room)
         delivery = self.engine.delivery
         position = delivery.positions.get(room.encode())
         since = Position(position[1], position[0].decode()) if position is not None else None

@@ -58,7 +58,7 @@ def _text(body: bytes, headers: dict[str, str], content_type: str = TEXT) -> web
 async def open_session(request: web.Request, server: Server, ip: str) -> web.StreamResponse:
     """``GET ?EIO=4&transport=polling``: a new session; the body is its OPEN packet."""
     headers = cors_headers(request, server.origins)
-    refused = server.refuse(request)
+    refused = await server.refuse(request)  # admitted: the client's address is counted
     if refused is not None:
         refused.headers.update(headers)
         return refused

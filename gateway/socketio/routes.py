@@ -29,7 +29,7 @@ from gateway.socketio.forwarding import Forwarder
 from gateway.socketio.namespace import SocketLayer
 from gateway.socketio.recovery import RecordStore, make_store
 from gateway.socketio.sessions import Registry, Server, cors_headers, error_response
-from gateway.ws import client_ip, refuse
+from gateway.ws import admit_ip, client_ip, refuse
 
 log = logging.getLogger("gateway.socketio")
 
@@ -96,14 +96,22 @@ def _open(node: Node, store: RecordStore, request: web.Request, engine: EngineSe
     SocketLayer(engine, NodePort(node, session), store)
 
 
-def _refuse(node: Node, registry: Registry, request: web.Request) -> web.StreamResponse | None:
-    """A new session's refusals: those of /ws (Origin, draining, connection limits), and a
-    client address that met ``auth_unavailable`` while the node's circuit to Django is open
-    (its authentication would fail at once): socket.io-client's reconnection then fails at
-    the handshake, and its backoff grows."""
-    refused = refuse(node, request)
-    if refused is not None:
-        return refused
+async def _refuse(
+    node: Node, registry: Registry, request: web.Request
+) -> web.StreamResponse | None:
+    """A new session's refusals: those of /ws (Origin, draining, connection limits, the
+    cluster-wide per-IP cap, which counts the address when it admits it), and a client address
+    that met ``auth_unavailable`` while the node's circuit to Django is open (its
+    authentication would fail at once): socket.io-client's reconnection then fails at the
+    handshake, and its backoff grows."""
+    return (
+        refuse(node, request)
+        or _auth_backoff(node, registry, request)
+        or (await admit_ip(node, request))
+    )
+
+
+def _auth_backoff(node: Node, registry: Registry, request: web.Request) -> web.Response | None:
     ip = client_ip(request, node.settings.trusted_proxies)
     if registry.auth_unavailable_since(ip) is None:
         return None

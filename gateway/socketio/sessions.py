@@ -14,7 +14,7 @@ import binascii
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,9 @@ AUTH_BACKOFF_MAX = 10_000  # addresses remembered at most
 TRY_AGAIN_LATER = 1013
 
 Opener = Callable[[web.Request, EngineSession], None]
-Refuser = Callable[[web.Request], "web.StreamResponse | None"]
+# a new session's refusal, or None: the client's address is then counted (the cluster-wide
+# per-IP cap asks Redis), and the caller opens the session
+Refuser = Callable[[web.Request], Awaitable["web.StreamResponse | None"]]
 
 
 def node_tag(node_id: str) -> str:

@@ -190,11 +190,11 @@ def _upgradable(request: web.Request) -> bool:
 
 async def open_websocket(request: web.Request, server: Server, ip: str) -> web.StreamResponse:
     """A new session on a WebSocket (no ``sid``)."""
-    refused = server.refuse(request)
-    if refused is not None:
-        return refused
     if not _upgradable(request):
         return error_response(HandshakeError(400, EngineErrorCode.BAD_REQUEST, "Bad handshake"))
+    refused = await server.refuse(request)  # admitted: the client's address is counted
+    if refused is not None:
+        return refused
     carrier = SioTransport()
     stream = _accept(request, server, carrier)
     engine = server.new_engine(request, ip, carrier)

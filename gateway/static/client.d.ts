@@ -40,6 +40,8 @@ export interface GatewayEvent<P = unknown> {
   /** epoch milliseconds of the publish */
   ts: number;
   source: "client" | "publisher" | "api" | "ingest";
+  /** true when the publisher asked for receipts: the client acknowledges it by itself */
+  receipts?: boolean;
   [extra: string]: unknown;
 }
 

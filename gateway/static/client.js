@@ -875,9 +875,18 @@ export class GatewayClient {
 
   _deliver(data) {
     this.stats.eventsDelivered += 1;
+    if (data.receipts === true) this._acknowledge(data);
     const type = String(data.type);
     const handlers = [...(this._handlers.get(type) ?? []), ...(this._handlers.get("*") ?? [])];
     this._enqueue(handlers, data, type);
+  }
+
+  /** An event that asks for receipts: tell the gateway it arrived (contract section 8). */
+  _acknowledge(data) {
+    const ws = this._ws;
+    if (ws === null || ws.readyState !== 1) return; // recovery hands it over again, acked then
+    const receipt = { room: data.room, offset: data.offset, epoch: data.epoch };
+    ws.send(JSON.stringify({ event: "received", data: receipt }));
   }
 
   _emit(name, info) {

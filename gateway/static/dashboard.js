@@ -264,6 +264,7 @@ function onStats(stats) {
   );
   renderRoles(connections.byRole || {}, num(connections.total));
   setText("rooms-count", fmtInt(stats.rooms));
+  setText("online-users", fmtInt(stats.onlineUsers));
   const series = normaliseSeries(stats.eventsPerMinuteSeries);
   setText("events-per-minute", fmtInt(stats.eventsPerMinute));
   setText(
@@ -687,7 +688,10 @@ function remember(key) {
 function ingestEvent(event) {
   if (!event || typeof event !== "object") return;
   const key = eventKey(event);
-  if (state.seen.has(key)) return;
+  if (state.seen.has(key)) {
+    if (event.receipts) updateReceipts(event); // polling: the same event, newer counts
+    return;
+  }
   remember(key);
   if (state.paused) {
     state.pending.push(event);
@@ -726,10 +730,29 @@ function eventRow(event, fresh) {
       h("span", { class: "tag", "data-kind": SOURCES.has(source) ? source : null }, source),
     ),
     h("td", { class: "mono muted" }, String(event.id ?? "")),
+    h("td", { class: "receipts", "data-testid": "receipts" }, receiptsText(event.receipts)),
   );
+  row.dataset.room = room;
   row.dataset.search = `${room} ${type} ${source}`.toLowerCase();
   row.hidden = !matchesFilter(row);
   return row;
+}
+
+/** "n of m" for an event that asked for receipts; empty for the others. */
+function receiptsText(receipts) {
+  if (!receipts || typeof receipts !== "object") return "";
+  return `${fmtInt(receipts.connections)} of ${fmtInt(receipts.members)}`;
+}
+
+/** The feed's update of an event already in the log: its receipts grew. */
+function updateReceipts(update) {
+  if (!update || typeof update !== "object") return;
+  for (const row of $("event-log").rows) {
+    if (row.dataset.eventId === String(update.id) && row.dataset.room === String(update.room)) {
+      const cell = row.querySelector("td.receipts");
+      if (cell) cell.textContent = receiptsText(update.receipts);
+    }
+  }
 }
 
 /** Newest on top: events are placed by timestamp, so a late backfill lands where it belongs. */
@@ -937,6 +960,7 @@ function connectFeed() {
     }
     if (frame?.type === "stats") onStats(frame.data);
     else if (frame?.type === "event") ingestEvent(frame.data);
+    else if (frame?.type === "receipts") updateReceipts(frame.data);
   });
   ws.addEventListener("close", () => {
     if (state.ws === ws) feedDown();

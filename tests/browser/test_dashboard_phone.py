@@ -43,7 +43,7 @@ TABLES = {
     "#nodes": ["Health", "Node", "Connections", "Rooms", "Memory", "Uptime", "Frames in / out",
                "Django probe", "Last seen"],
     "#clients-table": ["User", "Role", "Node", "Rooms", "Connected"],
-    ".event-table": ["Time", "Room", "Type", "Source", "Event id"],
+    ".event-table": ["Time", "Room", "Type", "Source", "Event id", "Received"],
 }  # fmt: skip
 
 
@@ -96,6 +96,7 @@ async def test_every_column_of_every_table_shows_on_a_phone(
                 "price_changed",
                 "api",
                 event_id,
+                "",  # Received: only events published with receipts show "n of m"
             ]
             rooms = await page.evaluate(LAYOUT, "#rooms-table")
             assert rooms["wrapScroll"] <= rooms["wrapClient"]

@@ -180,16 +180,26 @@ async def test_epoch_survives_node_restart_and_changes_when_redis_lost_the_data(
     assert lost["recovered"] is False
     assert lost["missed"] == []
     assert (lost["offset"], lost["epoch"]) == (0, UNPUBLISHED_EPOCH)
-    # the next event starts the new epoch at offset 1; members connected across the loss get
-    # it, and are told to rejoin (the node saw the room's stream jump to another epoch)
+    # the next event starts the new epoch at offset 1. The node sees the room's stream jump to
+    # another epoch: it holds the event and tells the members to rejoin; their joins with
+    # `since` answer from history (recovered: false across the loss; from offset 0, the event)
     await api_publish(http, second.http_url, room, "t", {"seq": 4})
     new_epochs = set()
-    for client in (watcher, back, late):
-        [event] = await client.events(1, room=room)
-        assert event["offset"] == 1
-        new_epochs.add(event["epoch"])
+    for client, since in (
+        (watcher, {"offset": 4, "epoch": epoch}),
+        (back, {"offset": 4, "epoch": epoch}),
+        (late, {"offset": 0, "epoch": UNPUBLISHED_EPOCH}),
+    ):
         rejoin = await client.expect("rejoin")
         assert rejoin["data"] == {"room": room, "reason": "gap"}
+        answer = await client.join(room, since=since)
+        assert answer["offset"] == 1
+        new_epochs.add(answer["epoch"])
+        if since["offset"] == 0:
+            assert answer["recovered"] is True
+            assert [(e["offset"], e["epoch"]) for e in answer["missed"]] == [(1, answer["epoch"])]
+        else:
+            assert (answer["recovered"], answer["missed"]) == (False, [])
     assert len(new_epochs) == 1 and new_epochs.isdisjoint({epoch, UNPUBLISHED_EPOCH})
     await assert_quiet([watcher, back, late], room)
 

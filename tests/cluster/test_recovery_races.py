@@ -337,24 +337,29 @@ async def test_a_live_offset_given_twice_starts_a_new_epoch_and_is_not_delivered
         # sees it live (REUSED) or finds the room behind its mark when it checks after the lost
         # subscription: either way a new epoch, and the event is not delivered as (epoch, 4).
         await publish(publisher, 7)
-        rejoin = await client.wait_for(
-            lambda f: f.get("event") == "rejoin" and f["data"]["reason"] == "epoch", timeout=20
+        meta_key = f"gateway:room:{{{ROOM}}}:meta"
+        async with asyncio.timeout(20):
+            while redis.client().hget(meta_key, "epoch").decode() == epoch:
+                await asyncio.sleep(0.1)
+        new_epoch = redis.client().hget(meta_key, "epoch").decode()
+        # the member was told to rejoin (subscription lost, or the new epoch); its answer says
+        # it cannot recover across the loss, at the new epoch
+        await client.wait_for(
+            lambda f: f.get("event") == "rejoin" and f["data"]["room"] == ROOM, timeout=20
         )
-        assert rejoin["data"]["room"] == ROOM
-        meta = redis.client().hgetall(f"gateway:room:{{{ROOM}}}:meta")
-        new_epoch = meta[b"epoch"].decode()
-        assert new_epoch != epoch
         await until_ready(http, node)
+        answer = await rejoin_until_answered(client, {"offset": 6, "epoch": epoch})
+        assert (answer["recovered"], answer["epoch"]) == (False, new_epoch)
         await publish(publisher, 8)
         event = await client.wait_for(
-            lambda f: f.get("event") == "event" and f["data"]["offset"] == 5, timeout=20
+            lambda f: f.get("event") == "event" and f["data"]["offset"] == answer["offset"] + 1,
+            timeout=20,
         )
         assert event["data"]["epoch"] == new_epoch
-        # nothing of the old epoch was delivered after the restart (event 7 may have come live
-        # as offset 4 of the new epoch, if the node was subscribed again in time)
+        # nothing of the old epoch was delivered after the restart
         for frame in client.inbox:
             if frame.get("event") == "event":
-                assert (frame["data"]["epoch"], frame["data"]["offset"]) == (new_epoch, 4)
+                assert frame["data"]["epoch"] == new_epoch, frame
     finally:
         await publisher.aclose()
 
@@ -376,3 +381,37 @@ async def rejoin_until_answered(client: WsClient, since: dict[str, Any]) -> dict
             if reply["event"] == "room_joined":
                 return dict(reply["data"])
             await asyncio.sleep(0.2)
+
+
+async def test_joining_rooms_nothing_was_published_to_creates_no_room_keys(
+    redis_server: Any, make_node: Any, http: Any
+) -> None:
+    """Issue 16 item 6. Before: every join created the room's meta key (24 h TTL), so any user
+    could fill Redis with keys (2,000 joins -> 2,000 keys) and, under ``noeviction``, make it
+    refuse writes. Now a join of an unpublished room creates no room key at all."""
+    node = await make_node(
+        redis_server.url, max_rooms_per_connection=600, rate_limit=10000, rate_burst=10000
+    )
+    client = await member(node, http)
+    admin = redis_server.client()
+    for n in range(500):
+        answer = await client.join(f"service_{n}")
+        assert (answer["offset"], answer["epoch"]) == (0, "0")
+    room_keys = [k for k in admin.scan_iter(match="gateway:room:*") if b":presence" not in k]
+    assert room_keys == []
+    # a publish creates the room's keys, and only that room's
+    await AsyncPublisherOnce(redis_server.url).publish("service_7")
+    room_keys = {k for k in admin.scan_iter(match="gateway:room:*") if b":presence" not in k}
+    assert {k.split(b"}")[0] for k in room_keys} == {b"gateway:room:{service_7"}
+
+
+class AsyncPublisherOnce:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def publish(self, room: str) -> None:
+        publisher = AsyncPublisher.from_url(self.url)
+        try:
+            await publisher.publish(room, "t", {"n": 0})
+        finally:
+            await publisher.aclose()

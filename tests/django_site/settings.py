@@ -8,6 +8,8 @@ INSTALLED_APPS: list[str] = []
 MIDDLEWARE: list[str] = []
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
+# the gateway's server API key (tests/support/nodes.API_KEY): authenticates presence changes
+GATEWAY_PUBLISH_API_KEY = "test-publish-key"
 TIME_ZONE = "UTC"
 LOGGING = {
     "version": 1,

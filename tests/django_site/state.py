@@ -14,8 +14,9 @@ from typing import Any
 # A token names its user: ``cliente-7`` is user 7 with role cliente.
 TOKEN_RULE = re.compile(r"^(cliente|proveedor|admin)-([0-9]{1,9})$")
 
-EVENTS_MODES = {"ok", "reject", "fail", "slow", "rooms", "empty"}
+EVENTS_MODES = {"ok", "reject", "fail", "slow", "rooms", "empty", "receipts"}
 PROFILE_MODES = {"ok", "fail", "slow"}
+PRESENCE_MODES = {"ok", "fail"}
 
 
 def user_for_token(token: str) -> dict[str, Any] | None:
@@ -48,6 +49,11 @@ class SiteState:
     # Idempotency-Key -> the 2xx answer given the first time: (status, body or None).
     answered: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
 
+    # presence changes handled by the @presence_changed hook, in the order handled; POSTs seen
+    presence_mode: str = "ok"
+    presence: list[dict[str, Any]] = field(default_factory=list)
+    presence_posts: int = 0
+
     def reset(self) -> None:
         """Back to the defaults (the caller holds the lock)."""
         fresh = SiteState()
@@ -69,6 +75,9 @@ class SiteState:
             "events": list(self.events),
             "events_mode": self.events_mode,
             "profile_mode": self.profile_mode,
+            "presence": list(self.presence),
+            "presence_posts": self.presence_posts,
+            "presence_mode": self.presence_mode,
         }
 
 

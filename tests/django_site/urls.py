@@ -5,6 +5,7 @@ from tests.django_site import views
 urlpatterns = [
     path("api/v1/profile/", views.profile),
     path("api/v1/events/", views.events),
+    path("api/v1/presence/", views.presence),
     path("control/", views.control),
     re_path(r"^control/calls/?$", views.control_calls),
 ]

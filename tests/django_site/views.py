@@ -6,11 +6,20 @@ import json
 import time
 from typing import Any
 
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from gateway.contrib.django import PresenceChange, presence_changed, presence_view
 from tests.django_site.business import Rejected, judge
-from tests.django_site.state import EVENTS_MODES, PROFILE_MODES, STATE, user_for_token
+from tests.django_site.state import (
+    EVENTS_MODES,
+    PRESENCE_MODES,
+    PROFILE_MODES,
+    STATE,
+    user_for_token,
+)
 
 AUTH_SCHEMES = ("token", "bearer")  # DRF TokenAuthentication and SimpleJWT; case-insensitive
 INVALID_TOKEN = {"detail": "Invalid token."}
@@ -110,6 +119,8 @@ def _handle_event(
         return exc.status, exc.body
     if mode == "rooms":
         obj["rooms"] = rooms
+    if mode == "receipts":
+        obj["receipts"] = True  # the gateway asks the receivers to acknowledge the event
     answer: tuple[int, dict[str, Any] | None] = (204, None) if mode == "empty" else (201, obj)
     if key is not None:
         with STATE.lock:
@@ -131,7 +142,8 @@ def control(request: HttpRequest) -> HttpResponse:
     with STATE.lock:
         if changes.get("reset"):
             STATE.reset()
-        for name in ("events_mode", "profile_mode", "rooms"):
+            caches["default"].clear()  # presence_view's last changeId per user
+        for name in ("events_mode", "profile_mode", "rooms", "presence_mode"):
             if name in changes:
                 setattr(STATE, name, changes[name])
         if "slow_seconds" in changes:
@@ -141,7 +153,15 @@ def control(request: HttpRequest) -> HttpResponse:
 
 
 def _control_error(changes: object) -> str | None:
-    allowed = {"events_mode", "profile_mode", "slow_seconds", "rooms", "revoke", "reset"}
+    allowed = {
+        "events_mode",
+        "profile_mode",
+        "slow_seconds",
+        "rooms",
+        "revoke",
+        "reset",
+        "presence_mode",
+    }
     if not isinstance(changes, dict):
         return "body must be a JSON object"
     unknown = set(changes) - allowed
@@ -151,6 +171,8 @@ def _control_error(changes: object) -> str | None:
         return f"events_mode must be one of {sorted(EVENTS_MODES)}"
     if changes.get("profile_mode", "ok") not in PROFILE_MODES:
         return f"profile_mode must be one of {sorted(PROFILE_MODES)}"
+    if changes.get("presence_mode", "ok") not in PRESENCE_MODES:
+        return f"presence_mode must be one of {sorted(PRESENCE_MODES)}"
     for name in ("rooms", "revoke"):
         value = changes.get(name, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -165,3 +187,22 @@ def _control_error(changes: object) -> str | None:
 def control_calls(request: HttpRequest) -> HttpResponse:
     with STATE.lock:
         return JsonResponse(STATE.calls_report())
+
+
+@presence_changed
+def _record_presence(change: PresenceChange) -> None:
+    with STATE.lock:
+        STATE.presence.append(change.as_dict())
+
+
+@csrf_exempt
+def presence(request: HttpRequest) -> HttpResponse:
+    """The gateway's presence feed, through ``gateway.contrib.django.presence_view`` (which
+    checks the API key, drops repeats and runs the hook above); ``presence_mode=fail``: 503."""
+    with STATE.lock:
+        STATE.presence_posts += 1
+        failing = STATE.presence_mode == "fail"
+    if failing:
+        return JsonResponse({"detail": "Service unavailable (test)."}, status=503)
+    response: HttpResponse = presence_view(request)
+    return response

@@ -307,7 +307,8 @@ async def test_redis_restart_while_publishing_loses_nothing(
     await run_traffic_around(traffic, restart_redis, before_s=1.5, after_s=3.0)
     assert traffic.failures, "the outage was not noticed"
     await assert_everyone_has_everything(members, traffic, a.ws_url, http, since)
-    assert {e["epoch"] for e in members[0].events} == {since["epoch"]}  # history kept
+    # history kept: one epoch throughout (the room's first publish gave it; nothing changed it)
+    assert len({e["epoch"] for e in members[0].events}) == 1
     for gw in (a, b):
         await assert_serves_new_clients(gw.ws_url, http, "cliente-60")
 

@@ -12,7 +12,7 @@ from tests.support.processes import (
     ProcessStartError,
     WorkerProcess,
 )
-from tests.support.redis_server import RedisCluster, RedisServer
+from tests.support.redis_server import RedisCluster, RedisSentinels, RedisServer
 
 __all__ = [
     "REPO_ROOT",
@@ -22,6 +22,7 @@ __all__ = [
     "ProcessFactory",
     "ProcessStartError",
     "RedisCluster",
+    "RedisSentinels",
     "RedisServer",
     "WorkerProcess",
     "free_port",

@@ -53,8 +53,11 @@ class DjangoSite(ManagedProcess):
         - ``events_mode``: ``ok`` (validate, 201 with the canonical object), ``reject`` (400
           ``{"detail": "Rejected by test"}``), ``fail`` (500), ``slow`` (sleep
           ``slow_seconds``, then as ``ok``), ``rooms`` (as ``ok`` plus ``"rooms": rooms``),
-          ``empty`` (validate, then 204 without a body);
+          ``empty`` (validate, then 204 without a body), ``receipts`` (as ``ok`` plus
+          ``"receipts": true``);
         - ``profile_mode``: ``ok``, ``fail`` (500) or ``slow``;
+        - ``presence_mode``: ``ok`` (``presence/`` runs ``gateway.contrib.django.presence_view``)
+          or ``fail`` (503: Django is down for the presence feed);
         - ``slow_seconds`` (float, default 1.0), ``rooms`` (list of room names);
         - ``revoke``: tokens that answer 401 from now on;
         - ``reset``: back to the defaults first (also clears the record of calls).
@@ -82,7 +85,8 @@ class DjangoSite(ManagedProcess):
         ``profile_probes`` (without), ``profile_calls_by_token``, ``profile_schemes``
         (``{"Token": n, "Bearer": m}``) and ``events``: one dict per POST to ``events/`` with
         ``auth_scheme``, ``token``, ``idempotency_key``, ``body``, ``status``, ``response``,
-        ``replayed`` and ``user_id``."""
+        ``replayed`` and ``user_id``; ``presence``: the changes the ``@presence_changed`` hook
+        handled, in order, and ``presence_posts``: POSTs to ``presence/``."""
         status, body = http_get(f"{self.root_url}control/calls")
         if status != 200:
             raise RuntimeError(f"control/calls answered {status}: {body[:200]!r}")

@@ -228,3 +228,53 @@ def test_settings_class_reads_the_prefix(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = Settings()
     assert settings.port == 4000
     assert settings.history_size == 7
+
+
+# --- Redis Sentinel and multi-host Cluster URLs (contract section 1) ---------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster",
+        "redis+sentinel://app:pw@sentinel-a:26379,sentinel-b/mymaster/2",
+        "redis+sentinel://s:26379/mymaster?sentinel_password=x",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,[::1]:7001",
+    ],
+)
+def test_sentinel_and_multi_host_cluster_urls_are_kept(url: str) -> None:
+    assert load_settings(redis_url=url).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis+sentinel://s1:26379,s2:26379", "service name"),
+        ("redis+sentinel://s1:26379/mymaster/zero", "database must be a number"),
+        ("redis+sentinel://s1:2x/mymaster", "bad port"),
+        ("redis+sentinel://s1:26379,,s2/mymaster", "empty host"),
+        ("redis+sentinel://s1/m/1/extra", "/<service-name>[/db]"),
+        ("redis://a:6379,b:6379/0", "redis+cluster:// or redis+sentinel://"),
+        ("redis+cluster://a:7000/3", "only database 0"),
+        ("redis+sentnel://a:26379/m", "redis+sentinel://"),
+    ],
+)
+def test_bad_sentinel_and_cluster_urls_say_what_is_wrong_in_one_line(url: str, reason: str) -> None:
+    message = config_error(GATEWAY_REDIS_URL=url)
+    assert message.startswith("invalid configuration: GATEWAY_REDIS_URL: ")
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_sentinel_passwords_never_appear_in_the_error() -> None:
+    message = config_error(
+        GATEWAY_REDIS_URL="redis+sentinel://app:Sup3rS3cret@s:2x/m?sentinel_password=An0therS3cret"
+    )
+    assert "GATEWAY_REDIS_URL" in message
+    assert "Sup3rS3cret" not in message and "An0therS3cret" not in message
+
+
+def test_sentinel_mode_and_the_cluster_flag() -> None:
+    url = "redis+sentinel://127.0.0.1:26379/mymaster"
+    settings = load_settings(redis_url=url)
+    assert (settings.sentinel_mode, settings.cluster_mode) == (True, False)
+    message = config_error(GATEWAY_REDIS_URL=url, GATEWAY_REDIS_CLUSTER="true")
+    assert "GATEWAY_REDIS_CLUSTER" in message and "redis+sentinel" in message

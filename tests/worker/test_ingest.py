@@ -56,7 +56,10 @@ async def test_xadd_reaches_a_member_and_a_malformed_entry_goes_to_the_dead_lett
         "room": "kitchen",
         "type": "order.updated",
         "payload": '{"n": 0}',
-        "reason": "unknown field 'reason' (allowed: idempotency_key, payload, room, rooms, type)",
+        "reason": (
+            "unknown field 'reason' "
+            "(allowed: event_id, idempotency_key, payload, receipts, room, rooms, type)"
+        ),
         "reason.original": "mine",  # the entry's own field is kept, under another name
     }
     await eventually(lambda: _no_pending(aredis), 5, "every entry acknowledged")

@@ -51,7 +51,8 @@ def test_the_console_script_without_a_redis_url_exits_with_one_clear_line() -> N
         (
             {"GATEWAY_REDIS_URL": "http://127.0.0.1:1/0"},
             "gateway-worker: invalid configuration: GATEWAY_REDIS_URL: Value error, must be a "
-            "redis://, rediss://, unix:// or redis+cluster:// URL (got 'http://127.0.0.1:1/0')",
+            "redis://, rediss://, unix://, redis+cluster:// or redis+sentinel:// URL "
+            "(got 'http://127.0.0.1:1/0')",
         ),
         (
             {"GATEWAY_REDIS_URL": "redis://127.0.0.1:1/0", "GATEWAY_INGEST_BATCH": "0"},

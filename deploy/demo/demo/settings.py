@@ -69,3 +69,9 @@ SIMPLE_JWT = {"ACCESS_TOKEN_LIFETIME": timedelta(hours=1)}
 # The gateway: where Django publishes (Redis), and how it knows each user's role.
 GATEWAY_REDIS_URL = os.environ.get("GATEWAY_REDIS_URL", "redis://localhost:6379/0")
 GATEWAY_ROLE_RESOLVER = "marketplace.roles.role_of"
+# the demo's fallback notifications (reservation reminders nobody acknowledged) go to stdout
+EMAIL_BACKEND = os.environ.get(
+    "DEMO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+)
+# authenticates the gateway's POSTs of online/offline changes (marketplace/presence.py)
+GATEWAY_PUBLISH_API_KEY = os.environ.get("GATEWAY_PUBLISH_API_KEY", "")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.mail import send_mail
 from django.db import transaction
 from rest_framework.decorators import api_view
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from gateway.contrib.django import disconnect, publish_on_commit
+from gateway.contrib.django import disconnect, publish, publish_on_commit, wait_for_receipt
 from marketplace.handlers import reservation_created
 from marketplace.models import Reservation
 from marketplace.roles import role_of
@@ -47,3 +48,31 @@ def logout(request: Request) -> Response:
     if hasattr(request.user, "auth_token"):
         request.user.auth_token.delete()
     return Response({"disconnected": disconnect(request.user)})
+
+
+@api_view(["POST"])
+def remind_reservation(request: Request, pk: int) -> Response:
+    """The proveedor reminds the cliente of a reservation: a WebSocket event that asks for a
+    receipt; without one within ``timeout`` seconds (default 3, at most 10), an e-mail instead.
+    (Waiting blocks this request's thread: a real app would do it in a task queue.)"""
+    reservation = Reservation.objects.filter(pk=pk).first()
+    if reservation is None:
+        raise NotFound("no such reservation")
+    if role_of(request.user) != "admin" and reservation.proveedor_id != request.user.pk:
+        raise PermissionDenied("only the reservation's proveedor may send reminders")
+    timeout = min(10.0, max(0.1, float(request.data.get("timeout", 3))))
+    result = publish(
+        f"cliente_{reservation.cliente_id}",
+        "reservation_reminder",
+        reservation.as_event(),
+        receipts=True,
+    )
+    if wait_for_receipt(result.event_id, reservation.cliente_id, timeout):
+        return Response({"eventId": result.event_id, "delivered": True, "fallback": None})
+    send_mail(
+        "Recordatorio de tu reserva",
+        f"Tu reserva {reservation.pk} es el {reservation.fecha:%Y-%m-%d %H:%M}.",
+        None,
+        [reservation.cliente.email or f"cliente{reservation.cliente_id}@example.test"],
+    )
+    return Response({"eventId": result.event_id, "delivered": False, "fallback": "email"})

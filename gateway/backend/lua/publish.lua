@@ -11,6 +11,8 @@
 -- KEYS[4] dashboard events stream, KEYS[5] this minute's counter hash: used only when ARGV[11]
 -- is "1" (single Redis); in Cluster mode they live in another slot and the caller records them.
 -- ARGV[11] record flag   ARGV[12] event type   ARGV[13] ts (ms)   ARGV[14] source   ARGV[15] room
+-- ARGV[16] receipts (optional): the TTL (s) of this event's receipts hash; absent or "" = none
+-- ARGV[17] that hash (in the room's slot)
 -- Returns {offset, epoch, duplicate (0/1), event id}.
 if ARGV[7] == "1" then
   local prev = redis.call("GET", KEYS[3])
@@ -41,7 +43,12 @@ end
 if ARGV[11] == "1" then
   redis.call("XADD", KEYS[4], "MAXLEN", "~", 1000, "*", "room", ARGV[15], "type", ARGV[12],
              "id", ARGV[10], "ts", ARGV[13], "source", ARGV[14])
-  redis.call("HINCRBY", KEYS[5], ARGV[12], 1)
-  redis.call("EXPIRE", KEYS[5], 7200)
+  if redis.call("HINCRBY", KEYS[5], ARGV[12], 1) == 1 then
+    redis.call("EXPIRE", KEYS[5], 7200)  -- once per type and minute, not per event
+  end
+end
+if ARGV[16] and ARGV[16] ~= "" then
+  redis.call("HSET", ARGV[17], "o", offset, "e", epoch)
+  redis.call("EXPIRE", ARGV[17], ARGV[16])
 end
 return {offset, epoch, 0, ARGV[10]}

@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.backend.base import PublishResult
+from gateway.contrib.django.presence import PresenceChange, presence_changed, presence_view
 from gateway.publish import Publisher, PublishError
 
 __all__ = [
+    "PresenceChange",
     "PublishError",
     "disconnect",
     "get_publisher",
+    "online",
+    "presence_changed",
+    "presence_view",
     "publish",
     "publish_on_commit",
+    "receipts",
     "reset_publisher",
+    "wait_for_receipt",
 ]
 
 _lock = threading.Lock()
@@ -77,9 +85,14 @@ def publish(
     type: str,
     payload: Any,
     idempotency_key: str | None = None,
+    *,
+    receipts: bool = False,
 ) -> PublishResult:
-    """Publish now: history + fan-out, atomically per room. Returns offsets per room."""
-    return get_publisher().publish_many(_rooms(room), type, payload, idempotency_key)
+    """Publish now: history + fan-out, atomically per room. Returns offsets per room and the
+    event id (``receipts=True``: receivers acknowledge it; see ``wait_for_receipt``)."""
+    return get_publisher().publish_many(
+        _rooms(room), type, payload, idempotency_key, receipts=receipts
+    )
 
 
 def publish_on_commit(
@@ -103,3 +116,40 @@ def disconnect(user: Any) -> int:
     """Close every gateway connection of a user (a user object or an id) on every node."""
     user_id = getattr(user, "pk", user)
     return get_publisher().disconnect(str(user_id))
+
+
+def online(users: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """Cluster-wide online status of users (objects or ids): ``{userId: {"online",
+    "connections", "lastSeen"}}``."""
+    return get_publisher().online([getattr(u, "pk", u) for u in users])
+
+
+def receipts(event_id: str) -> dict[str, Any] | None:
+    """Who received an event published with ``receipts=True`` (see ``Publisher.receipts``)."""
+    return get_publisher().receipts(event_id)
+
+
+def wait_for_receipt(event_id: str, user: Any, timeout: float, *, poll_s: float = 0.1) -> bool:
+    """True as soon as ``user`` (an object or an id) has acknowledged the event, in any of its
+    rooms; False when ``timeout`` seconds pass first — the moment to fall back to e-mail or push:
+
+        result = publish("cliente_42", "reservation_accepted", data, receipts=True)
+        if not wait_for_receipt(result.event_id, 42, timeout=5):
+            send_mail(...)
+
+    It polls Redis (every ``poll_s``, one round trip each) and blocks the calling thread: call it
+    from a task queue or a thread rather than a request that must answer at once. Broadcast rooms
+    (``all_*``) only count their receivers, so a receipt there does not name the user.
+    """
+    user_id = str(getattr(user, "pk", user))
+    deadline = time.monotonic() + timeout
+    while True:
+        found = get_publisher().receipts(event_id)
+        for room in (found or {}).get("rooms", {}).values():
+            users = room.get("users")
+            if isinstance(users, dict) and user_id in users:
+                return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(poll_s, left))
