@@ -48,7 +48,8 @@ class Violation:
     after: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
+    def render(self, context: int = TRACE_BEFORE) -> str:
+        """The violation with the last ``context`` trace lines before it."""
         lines = [f"[{self.kind}] t={self.at_s:.3f}s client={self.client} room={self.room}"]
         lines.append(f"  {self.detail}")
         if self.faults:
@@ -56,7 +57,7 @@ class Violation:
             lines += [f"    {f}" for f in self.faults]
         if self.before or self.after:
             lines.append("  trace (before ... >>> violation <<< ... after):")
-            lines += [f"    {line}" for line in self.before]
+            lines += [f"    {line}" for line in self.before[-context:]]
             lines.append("    >>> here <<<")
             lines += [f"    {line}" for line in self.after]
         return "\n".join(lines)
