@@ -9,6 +9,9 @@
 //        its room (K = config `expect`), or nothing came for Q s, or T s passed; then print
 //        {"type":"result", ...} and reset the counters
 //   {"cmd":"close"}                              close every socket and exit 0
+// Protocol "socketio" speaks Engine.IO 4 / Socket.IO 5 over a plain WebSocket
+// (`/socket.io/?EIO=4&transport=websocket`): CONNECT with auth {room}, `room_joined` back, events
+// as `42["event",{...}]`, Engine.IO pings ("2") answered with "3".
 // Events carry payload {"seq": n, "t": <sender wall clock, µs>}; a delivery's latency is the
 // receive wall clock minus t. Latencies go into a log histogram (1% buckets) so that the results
 // of several load generator processes can be merged exactly by adding bucket counts.
@@ -20,7 +23,7 @@ import WebSocket from "ws";
 
 const cfg = JSON.parse(process.argv[2] ?? "{}");
 const {
-  protocol, // "reference" | "gateway" | "channels"
+  protocol, // "reference" | "gateway" | "channels" | "socketio"
   urls, // ["ws://127.0.0.1:port/ws", ...]; connection i uses urls[i % urls.length]
   connections = 100,
   concurrency = 50,
@@ -28,11 +31,22 @@ const {
   roomMode = "shared", // "shared": every connection joins `room`; "personal": room cliente_<id>
   room = "service_1",
   expect = 0, // events per room this run will collect, seq 0 .. expect-1
+  // With eventsTotal > 0, events were published round-robin over `totalConnections` rooms from
+  // id `firstId` and stopped after eventsTotal: a room gets `expect` or `expect - 1` of them.
+  eventsTotal = 0,
+  totalConnections = 0,
+  firstId = 0,
   handshakeTimeoutS = 30,
+  localAddresses = [], // source addresses (127.0.0.x), connection i uses [i % n]: more ports
+  // recover (gateway): a connection the server closes reconnects to the next URL (after
+  // 0..reconnectJitterMs ms, doubling per failed try) and joins its room again with `since`
+  // (the last offset/epoch it processed); `missed` counts as delivered. {"cmd":"storm"} reports.
+  recover = false,
+  reconnectJitterMs = 1000,
   jwtSecret = null, // gateway: a HS256 JWT per user (SimpleJWT's claims) instead of cliente-<id>
 } = cfg;
 
-if (!["reference", "gateway", "channels"].includes(protocol)) {
+if (!["reference", "gateway", "channels", "socketio"].includes(protocol)) {
   fail(`unknown protocol ${JSON.stringify(protocol)}`);
 }
 if (!Array.isArray(urls) || urls.length === 0) fail("urls must be a non-empty list");
@@ -75,16 +89,27 @@ function jwtFor(id) {
 class Conn {
   constructor(index) {
     this.id = idBase + index;
-    this.url = urls[index % urls.length];
+    this.urlIndex = index % urls.length;
+    this.url = urls[this.urlIndex];
+    this.pos = null; // {offset, epoch} of the last event processed (recover mode)
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
+    this.ownRoom = this.room;
     this.token = jwtSecret ? jwtFor(this.id) : `cliente-${this.id}`;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
+    this.localAddress = localAddresses.length ? localAddresses[index % localAddresses.length] : null;
+    this.expect = expectOf(this.id);
     this.seen = new Uint8Array(Math.max(expect, 1)); // deliveries of each seq, saturating at 255
     this.received = 0;
     this.ws = null;
     this.closed = false;
     this.closeCode = null;
   }
+}
+
+function expectOf(id) {
+  if (!eventsTotal) return expect;
+  const index = id - firstId;
+  return Math.floor(eventsTotal / totalConnections) + (index < eventsTotal % totalConnections ? 1 : 0);
 }
 
 const conns = Array.from({ length: connections }, (_, i) => new Conn(i));
@@ -104,7 +129,7 @@ function newStats() {
 // The hot path reads seq, t and room straight from the bytes (JSON.parse costs more than the
 // servers' own work per message); every CHECK_EVERY-th event is parsed in full and compared, and a
 // frame the fast path cannot read falls back to JSON.parse.
-const EVENT_MARK = Buffer.from('"event":"event"');
+const EVENT_MARK = Buffer.from(protocol === "socketio" ? '42["event",' : '"event":"event"');
 const SEQ_MARK = Buffer.from('"seq":');
 const T_MARK = Buffer.from('"t":');
 const CHECK_EVERY = 64;
@@ -129,10 +154,18 @@ function fastRead(conn, buf) {
   return { seq: readInt(buf, seqAt + SEQ_MARK.length), t: readInt(buf, tAt + T_MARK.length) };
 }
 
+// A Socket.IO EVENT packet `42[name, data]` as the {event, data} frame of the other protocols;
+// anything else (an ack, an Engine.IO packet) as a frame that is not a delivery.
+function socketioFrame(text) {
+  if (!text.startsWith("42")) return { event: null };
+  const [event, data] = JSON.parse(text.slice(2));
+  return { event, data };
+}
+
 function slowRead(conn, buf) {
   let frame;
   try {
-    frame = JSON.parse(buf);
+    frame = protocol === "socketio" ? socketioFrame(buf.toString()) : JSON.parse(buf);
   } catch {
     return undefined;
   }
@@ -142,7 +175,48 @@ function slowRead(conn, buf) {
   return { seq: event?.payload?.seq, t: event?.payload?.t };
 }
 
+// Recover mode reads every event in full: its offset and epoch are the position to join with.
+function recordFull(conn, data) {
+  let frame;
+  try {
+    frame = JSON.parse(data);
+  } catch {
+    stats.unexpected += 1;
+    return;
+  }
+  if (frame.event === "rejoin" && frame.data?.room === conn.room) {
+    conn.ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room, since: conn.pos }, id: 3 }));
+    storm.rejoins += 1;
+    return;
+  }
+  if (frame.event === "room_joined" && frame.data?.room === conn.room) {
+    for (const event of frame.data.missed ?? []) recordEvent(conn, event);
+    return;
+  }
+  if (frame.event !== "event") return;
+  recordEvent(conn, frame.data);
+}
+
+function recordEvent(conn, event) {
+  if (event?.room !== conn.room) {
+    stats.unexpected += 1;
+    return;
+  }
+  // As the shipped clients do: an offset at or below the last one processed in the same epoch
+  // was had already (a live event of the automatic room before the join with `since` answered).
+  if (conn.pos && conn.pos.epoch === event.epoch && event.offset <= conn.pos.offset) {
+    storm.seenAgain += 1;
+    return;
+  }
+  conn.pos = { offset: event.offset, epoch: event.epoch };
+  account(conn, { seq: event.payload?.seq, t: event.payload?.t }, nowUs());
+}
+
 function record(conn, data) {
+  if (recover) {
+    recordFull(conn, data);
+    return;
+  }
   const now = nowUs();
   let got = fastRead(conn, data);
   if (got === null || ++sinceCheck >= CHECK_EVERY) {
@@ -152,8 +226,12 @@ function record(conn, data) {
     else got = full;
   }
   if (got === null) return;
+  account(conn, got, now);
+}
+
+function account(conn, got, now) {
   const seq = got?.seq;
-  if (got === undefined || !Number.isInteger(seq) || seq < 0 || seq >= expect) {
+  if (got === undefined || !Number.isInteger(seq) || seq < 0 || seq >= conn.expect) {
     stats.unexpected += 1;
     return;
   }
@@ -165,7 +243,7 @@ function record(conn, data) {
   stats.firstRecvUs ??= now;
   stats.lastRecvUs = now;
   stats.hist[Math.min(HIST_SIZE - 1, bucketOf(now - got.t))] += 1;
-  if (collecting && conn.received === expect) {
+  if (collecting && conn.received === conn.expect) {
     complete += 1;
     if (complete === connections) finishCollect();
   }
@@ -174,26 +252,84 @@ function record(conn, data) {
 // --- the protocols: URL to open, and what makes a connection ready ---------------------------
 function openUrl(conn) {
   if (protocol === "gateway") return `${conn.url}?token=${conn.token}`;
+  if (protocol === "socketio") return conn.url; // the room goes in the CONNECT packet
   return `${conn.url}?room=${encodeURIComponent(conn.room)}`;
 }
 
+// --- recovery after the server closed a connection (recover mode) ---------------------------
+const storm = {
+  closes: 0,
+  recovered: 0,
+  notRecovered: 0, // room_joined with recovered: false
+  retries: 0,
+  rejoins: 0,
+  seenAgain: 0, // events dropped by offset (had already)
+  closeCodes: {},
+  firstCloseUs: null,
+  lastRecoveredUs: null,
+  hist: new Map(), // close -> back in the room with what it missed, µs
+  errors: [],
+};
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function reconnect(conn, code) {
+  const t0 = nowUs();
+  storm.closes += 1;
+  storm.closeCodes[code] = (storm.closeCodes[code] ?? 0) + 1;
+  storm.firstCloseUs ??= t0;
+  for (let attempt = 0; !shuttingDown; attempt++) {
+    await sleep(Math.random() * reconnectJitterMs * 2 ** Math.min(attempt, 4));
+    conn.urlIndex = (conn.urlIndex + 1) % urls.length;
+    conn.url = urls[conn.urlIndex];
+    try {
+      await handshake(conn, true);
+      break;
+    } catch (err) {
+      storm.retries += 1;
+      if (storm.errors.length < 5) storm.errors.push(String(err?.message ?? err));
+    }
+  }
+  if (shuttingDown) return;
+  conn.closed = false;
+  const now = nowUs();
+  storm.recovered += 1;
+  storm.lastRecoveredUs = now;
+  const b = bucketOf(now - t0);
+  storm.hist.set(b, (storm.hist.get(b) ?? 0) + 1);
+}
+
+function stormReport() {
+  emit({
+    type: "storm",
+    ...storm,
+    hist: Object.fromEntries(storm.hist),
+  });
+}
+
 // Resolves when the connection is in its room; the first frame decides for the gateway.
-function handshake(conn) {
+// `rejoin`: after a reconnect, join the room again with `since` and take `missed` as delivered.
+function handshake(conn, rejoin = false) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(openUrl(conn), {
+      ...(conn.localAddress ? { localAddress: conn.localAddress } : {}),
       perMessageDeflate: false,
       skipUTF8Validation: true, // the sampled JSON.parse checks the frames
     });
     conn.ws = ws;
     conn.lastSeq = -1;
+    // A timed-out handshake is abandoned (its socket terminated), never left to finish later.
     const timer = setTimeout(
-      () => reject(new Error(`handshake timed out after ${handshakeTimeoutS} s`)),
+      () => done(new Error(`handshake timed out after ${handshakeTimeoutS} s`)),
       handshakeTimeoutS * 1000,
     );
     let settled = false;
+    let established = false; // in its room: a close from now on is one to recover from
+    const held = []; // rejoin: live events that came before room_joined
     const done = (err) => {
       if (settled) return;
       settled = true;
+      established = !err;
       clearTimeout(timer);
       ws.off("message", onHandshake);
       if (err) {
@@ -201,10 +337,23 @@ function handshake(conn) {
         reject(err);
         return;
       }
-      ws.on("message", (data) => record(conn, data));
+      if (protocol === "socketio") {
+        ws.on("message", (data) => {
+          if (data.length === 1 && data[0] === 50) ws.send("3"); // Engine.IO ping -> pong
+          else record(conn, data);
+        });
+      } else ws.on("message", (data) => record(conn, data));
       resolve();
     };
     const onHandshake = (data) => {
+      if (protocol === "socketio") {
+        socketioHandshake(conn, ws, String(data), done);
+        return;
+      }
+      if (rejoin && recover && String(data).startsWith('{"event":"event"')) {
+        held.push(data); // live, from the automatic join: after `missed`, as the clients do
+        return;
+      }
       let frame;
       try {
         frame = JSON.parse(data);
@@ -212,7 +361,10 @@ function handshake(conn) {
         done(new Error(`non-JSON frame during handshake: ${String(data).slice(0, 200)}`));
         return;
       }
-      if (protocol === "gateway" && frame.event === "auth_success") {
+      if (protocol === "gateway" && frame.event === "auth_success" && rejoin) {
+        const since = conn.pos ?? { offset: 0, epoch: "0" };
+        ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room, since }, id: 2 }));
+      } else if (protocol === "gateway" && frame.event === "auth_success") {
         if (roomMode === "personal") {
           const rooms = frame.data?.rooms ?? [];
           if (!rooms.includes(conn.room)) {
@@ -222,6 +374,11 @@ function handshake(conn) {
           ws.send(JSON.stringify({ event: "join_room", data: { room: conn.room }, id: 1 }));
         }
       } else if (frame.event === "room_joined" && frame.data?.room === conn.room) {
+        if (rejoin) {
+          if (frame.data.recovered === false) storm.notRecovered += 1;
+          for (const event of frame.data.missed ?? []) recordEvent(conn, event);
+          for (const live of held) recordFull(conn, live); // what `missed` had is dropped
+        }
         done();
       } else {
         done(new Error(`unexpected frame during handshake: ${String(data).slice(0, 300)}`));
@@ -232,10 +389,31 @@ function handshake(conn) {
     ws.on("close", (code) => {
       conn.closed = true;
       conn.closeCode = code;
-      if (!shuttingDown) closedEarly.push(code);
+      if (!shuttingDown && !recover) closedEarly.push(code);
+      if (established && recover && !shuttingDown) reconnect(conn, code);
       done(new Error(`closed with ${code} during handshake`));
     });
   });
+}
+
+// Engine.IO OPEN ("0{...}") -> CONNECT with the room; CONNECT ack ("40{...}"), then room_joined.
+function socketioHandshake(conn, ws, text, done) {
+  if (text.startsWith("0{")) {
+    ws.send(`40${JSON.stringify({ room: conn.room })}`);
+  } else if (text.startsWith("40")) {
+    // connected to the namespace; room_joined follows
+  } else if (text === "2") {
+    ws.send("3");
+  } else {
+    let frame;
+    try {
+      frame = socketioFrame(text);
+    } catch {
+      frame = { event: null };
+    }
+    if (frame.event === "room_joined" && frame.data?.room === conn.room) done();
+    else done(new Error(`unexpected frame during handshake: ${text.slice(0, 300)}`));
+  }
 }
 
 // --- connect phase ---------------------------------------------------------------------------
@@ -292,7 +470,7 @@ function finishCollect() {
 async function collect(cmd) {
   const cpu0 = process.cpuUsage();
   const wall0 = nowUs();
-  complete = conns.filter((c) => c.received >= expect).length;
+  complete = conns.filter((c) => c.received >= c.expect).length;
   collecting = true;
   // Done when every connection has all its events, when nothing arrived for quiet_s seconds
   // (counted from the later of this command and the last delivery; what is missing by then is
@@ -314,7 +492,7 @@ async function collect(cmd) {
   let lost = 0;
   let dup = 0;
   for (const conn of conns) {
-    for (let s = 0; s < expect; s++) {
+    for (let s = 0; s < conn.expect; s++) {
       const n = conn.seen[s];
       if (n === 0) lost += 1;
       else if (n > 1) dup += n - 1;
@@ -343,6 +521,20 @@ async function collect(cmd) {
   };
   Object.assign(stats, newStats());
   emit(result);
+}
+
+// {"cmd":"expect","room":R,"expect":K}: the next collect counts events of room R (null: each
+// connection's own room) with seq 0..K-1 (e.g. a fan-out to all_clientes after personal rooms).
+function expectRoom(cmd) {
+  for (const conn of conns) {
+    conn.room = cmd.room ?? conn.ownRoom;
+    conn.roomMark = Buffer.from(`"room":${JSON.stringify(conn.room)}`);
+    conn.expect = cmd.expect;
+    conn.seen = new Uint8Array(Math.max(cmd.expect, 1));
+    conn.received = 0;
+    conn.lastSeq = -1;
+  }
+  emit({ type: "expecting", room: cmd.room ?? null, expect: cmd.expect });
 }
 
 async function closeAll() {
@@ -374,6 +566,8 @@ for await (const line of commands) {
   if (!line.trim()) continue;
   const cmd = JSON.parse(line);
   if (cmd.cmd === "collect") await collect(cmd);
+  else if (cmd.cmd === "expect") expectRoom(cmd);
+  else if (cmd.cmd === "storm") stormReport();
   else if (cmd.cmd === "close") break;
   else emit({ type: "error", message: `unknown command ${line}` });
 }

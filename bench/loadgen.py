@@ -97,6 +97,9 @@ class Loadgen:
         room_mode: str = "shared",
         room: str = "service_1",
         expect: int = 0,
+        events_total: int = 0,
+        local_addresses: Sequence[str] = (),
+        recover: bool = False,
         jwt_secret: str | None = None,
     ) -> None:
         self.children: list[_Child] = []
@@ -117,6 +120,11 @@ class Loadgen:
                     "roomMode": room_mode,
                     "room": room,
                     "expect": expect,
+                    "eventsTotal": events_total,
+                    "totalConnections": connections,
+                    "firstId": id_base,
+                    "localAddresses": list(local_addresses),
+                    "recover": recover,
                     "jwtSecret": jwt_secret,
                 }
             )
@@ -183,6 +191,42 @@ class Loadgen:
             "p99_ms": _ms(percentile_us(hist, 0.99)),
         }
 
+    def storm(self) -> dict[str, Any]:
+        """Recover mode: closes seen, reconnections done, their time (close -> back in the room
+        with what it missed), merged over the processes."""
+        for child in self.children:
+            child.send({"cmd": "storm"})
+        reports = [child.next("storm", 180) for child in self.children]
+        hist = merge_hists(r["hist"] for r in reports)
+        firsts = [r["firstCloseUs"] for r in reports if r["firstCloseUs"] is not None]
+        lasts = [r["lastRecoveredUs"] for r in reports if r["lastRecoveredUs"] is not None]
+        codes: dict[str, int] = {}
+        for r in reports:
+            for code, count in r["closeCodes"].items():
+                codes[code] = codes.get(code, 0) + count
+        return {
+            "closes": sum(r["closes"] for r in reports),
+            "recovered": sum(r["recovered"] for r in reports),
+            "not_recovered": sum(r["notRecovered"] for r in reports),
+            "retries": sum(r["retries"] for r in reports),
+            "rejoins": sum(r["rejoins"] for r in reports),
+            "seen_again": sum(r["seenAgain"] for r in reports),
+            "close_codes": codes,
+            "first_close_us": min(firsts) if firsts else None,
+            "last_recovered_us": max(lasts) if lasts else None,
+            "p50_ms": _ms(percentile_us(hist, 0.50)),
+            "p99_ms": _ms(percentile_us(hist, 0.99)),
+            "max_ms": _ms(percentile_us(hist, 1.0)),
+            "errors": [e for r in reports for e in r["errors"]][:5],
+        }
+
+    def expect(self, room: str | None, expect: int) -> None:
+        """The next ``collect`` counts events of ``room`` (None: each connection's own room)."""
+        for child in self.children:
+            child.send({"cmd": "expect", "room": room, "expect": expect})
+        for child in self.children:
+            child.next("expecting", 30)
+
     def close(self) -> None:
         for child in self.children:
             child.close()
@@ -192,6 +236,11 @@ class Loadgen:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _relative(word: str) -> str:
+    root = str(BENCH_DIR.parent) + "/"
+    return word[len(root) :] if word.startswith(root) else word
 
 
 def _ms(us: float | None) -> float | None:
@@ -205,10 +254,12 @@ def publish(
     env: Mapping[str, str],
     on_ready: Callable[[], None] = lambda: None,
     timeout_s: float = 300.0,
+    program: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run ``publisher.py``: once it is connected call ``on_ready`` (start the meters), let it
-    publish, and return its JSON line."""
-    argv = [python, str(BENCH_DIR / "publisher.py"), json.dumps(config)]
+    """Run ``publisher.py`` (or ``program``, e.g. the Socket.IO emitter): once it is connected
+    call ``on_ready`` (start the meters), let it publish, and return its JSON line."""
+    program = list(program) or [python, str(BENCH_DIR / "publisher.py")]
+    argv = [*program, json.dumps(config)]
     err_log = log_dir / "publisher.stderr.log"
     with err_log.open("ab") as err:
         proc = subprocess.Popen(
@@ -240,5 +291,8 @@ def publish(
         tail = err_log.read_text(errors="replace")[-2000:]
         raise LoadgenError(f"publisher exited {proc.returncode}: {tail}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    result["command"] = f"{Path(python).name} bench/publisher.py '{json.dumps(config)}'"
+    shown = " ".join(
+        Path(word).name if k == 0 else _relative(word) for k, word in enumerate(program)
+    )
+    result["command"] = f"{shown} '{json.dumps(config)}'"
     return result

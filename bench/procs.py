@@ -63,6 +63,19 @@ def reference_server(log_dir: Path, redis_url: str) -> HttpServerProcess:
     return HttpServerProcess(f"reference-{port}", argv, log_dir, port)
 
 
+def socketio_server(log_dir: Path, redis_url: str) -> HttpServerProcess:
+    port = free_port()
+    argv = [
+        "node",
+        str(BENCH_DIR / "sio_server.mjs"),
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_url,
+    ]
+    return HttpServerProcess(f"socketio-{port}", argv, log_dir, port)
+
+
 def channels_server(log_dir: Path, python: str, redis_url: str, layer: str) -> HttpServerProcess:
     port = free_port()
     argv = [

@@ -5,12 +5,15 @@
 Publishes ``rounds`` rounds; a round is one event to each room of ``rooms`` (or of
 ``personal``: ``{"first": i, "count": n}`` = rooms cliente_i … cliente_{i+n-1}); the sequence
 number is the round. ``rate`` is rounds per second (0: as fast as one sequential publisher
-goes). Each event's payload is ``{"seq": n, "t": <wall clock µs at publish>, "pad": "..."}``,
-about 200 bytes as a frame. ``method`` chooses the way in:
+goes); ``events``, when given, stops after that many. Each event's payload is
+``{"seq": n, "t": <wall clock µs at publish>, "pad": "..."}``, about 200 bytes as a frame.
+``method`` chooses the way in:
 
 - ``redis-publish``: ``PUBLISH room:<room> <frame>`` (the reference server's protocol);
 - ``publisher``: ``gateway.publish.Publisher.publish`` (sync, one call per event);
 - ``api``: ``POST /api/publish`` with the Bearer key, ``concurrency`` requests in flight;
+- ``async-publisher``: ``gateway.publish.AsyncPublisher.publish``, ``concurrency`` in flight;
+- ``redis-publish-async``: the reference's ``PUBLISH``, ``concurrency`` in flight;
 - ``ingest``: ``XADD <prefix>:ingest`` (pipelined, ``batch`` per round trip), for the worker;
 - ``channels``: ``channel_layer.group_send`` (Django Channels; needs its settings module).
 
@@ -25,16 +28,20 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 PAD = "x" * 90  # brings the reference frame to ~200 bytes
 
 
+_cpu_at_go = [0.0]
+
+
 def go() -> None:
-    """Tell the harness we are connected; wait for its go-ahead."""
+    """Tell the harness we are connected; wait for its go-ahead (CPU is counted from then)."""
     print("ready", flush=True)
     sys.stdin.readline()
+    _cpu_at_go[0] = time.process_time()
 
 
 def now_us() -> int:
@@ -60,9 +67,11 @@ def rooms_of(cfg: dict[str, Any]) -> list[str]:
 
 
 def schedule(cfg: dict[str, Any]) -> Iterator[tuple[int, str]]:
-    """(seq, room) in publishing order, sleeping between rounds to hold ``rate``."""
+    """(seq, room) in publishing order, sleeping between rounds to hold ``rate``; at most
+    ``events`` in all when given (the last round then reaches only the first rooms)."""
     rate: float = cfg.get("rate", 0)
     rooms = rooms_of(cfg)
+    left = cfg.get("events") or len(rooms) * cfg["rounds"]
     start = time.monotonic()
     for seq in range(cfg["rounds"]):
         if rate > 0:
@@ -70,6 +79,9 @@ def schedule(cfg: dict[str, Any]) -> Iterator[tuple[int, str]]:
             if delay > 0:
                 time.sleep(delay)
         for room in rooms:
+            if left <= 0:
+                return
+            left -= 1
             yield seq, room
 
 
@@ -145,6 +157,68 @@ def ingest(cfg: dict[str, Any]) -> dict[str, Any]:
     return summary(published, start)
 
 
+async def run_concurrent(
+    cfg: dict[str, Any], publish: Callable[[str, int], Awaitable[object]]
+) -> dict[str, Any]:
+    """``concurrency`` publishes in flight (default 32), from one asyncio loop."""
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for item in schedule({**cfg, "rate": 0}):
+        queue.put_nowait(item)
+    result: dict[str, Any] = {"published": 0, "errors": 0, "first_error": None}
+
+    per_s: float = cfg.get("events_per_s", 0)  # paced when given (a storm's steady load)
+    loop = asyncio.get_running_loop()
+    sent = [0]
+
+    async def worker() -> None:
+        while not queue.empty():
+            seq, room = queue.get_nowait()
+            if per_s:
+                sent[0] += 1
+                delay = t0 + sent[0] / per_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            try:
+                await publish(room, seq)
+                result["published"] += 1
+            except Exception as exc:
+                result["errors"] += 1
+                result["first_error"] = result["first_error"] or f"{type(exc).__name__}: {exc}"
+
+    await asyncio.to_thread(go)
+    start, t0 = now_us(), loop.time()
+    await asyncio.gather(*(worker() for _ in range(cfg.get("concurrency", 32))))
+    return {**result, "start_us": start, "end_us": now_us()}
+
+
+async def async_publisher(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``AsyncPublisher.publish``, ``concurrency`` calls in flight."""
+    from gateway.publish import AsyncPublisher
+
+    publisher = AsyncPublisher.from_url(cfg["redis_url"])
+    await publisher.client.ping()
+    try:
+        return await run_concurrent(
+            cfg, lambda room, seq: publisher.publish(room, "bench", payload(seq))
+        )
+    finally:
+        await publisher.aclose()
+
+
+async def async_redis_publish(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The reference's ``PUBLISH``, ``concurrency`` in flight."""
+    from redis import asyncio as aioredis
+
+    client = aioredis.Redis.from_url(cfg["redis_url"])
+    await client.ping()
+    try:
+        return await run_concurrent(
+            cfg, lambda room, seq: client.publish(f"room:{room}", frame(room, seq))
+        )
+    finally:
+        await client.aclose()
+
+
 async def api(cfg: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
 
@@ -207,6 +281,8 @@ METHODS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "publisher": gateway_publisher,
     "ingest": ingest,
     "api": lambda cfg: asyncio.run(api(cfg)),
+    "async-publisher": lambda cfg: asyncio.run(async_publisher(cfg)),
+    "redis-publish-async": lambda cfg: asyncio.run(async_redis_publish(cfg)),
     "channels": lambda cfg: asyncio.run(channels(cfg)),
 }
 
@@ -216,7 +292,9 @@ def main() -> None:
     method = METHODS.get(cfg.get("method", ""))
     if method is None:
         sys.exit(f"publisher: unknown method {cfg.get('method')!r}; one of {sorted(METHODS)}")
-    print(json.dumps(method(cfg)), flush=True)
+    result = method(cfg)
+    result["cpu_us"] = round((time.process_time() - _cpu_at_go[0]) * 1e6)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -73,14 +73,26 @@ def _ratio(value: Any, ref: Any) -> str:
     return f"{value / ref:.2f}x"
 
 
+# Ratio rows: every other target divided by each of these (Socket.IO also by the reference).
+BASELINES = ("reference", "socketio")
+
+
+def _rank(target: str) -> int:
+    return BASELINES.index(target) if target in BASELINES else -1
+
+
 def scenario_section(scenario: Scenario, sizes: Any, summary: Mapping[str, Any]) -> list[str]:
     out = [f"### {scenario.title} (`{scenario.name}`)", "", scenario.describe(sizes), ""]
     columns = scenario.columns
     arrows = {"up": " ↑", "down": " ↓", "": ""}
     header = ["target", *(f"{title}{arrows[better]}" for _, title, better in columns)]
     out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ref_rows = summary.get("reference", {}).get(scenario.name, {}).get("rows", {})
-    ref = next(iter(ref_rows.values()), None)
+    baselines = {
+        name: next(
+            iter(summary.get(name, {}).get(scenario.name, {}).get("rows", {}).values()), None
+        )
+        for name in BASELINES
+    }
     ratio_lines = []
     errors = []
     for target, per_scenario in summary.items():
@@ -98,9 +110,12 @@ def scenario_section(scenario: Scenario, sizes: Any, summary: Mapping[str, Any])
                 )
             cells = [_fmt(row.get(k)) for k, _, _ in columns]
             out.append("| " + " | ".join([label, *cells]) + " |")
-            if ref is not None and target != "reference":
+            for base, ref in baselines.items():
+                # a baseline is divided only by the baselines before it (socketio ÷ reference)
+                if ref is None or (target in BASELINES and _rank(base) >= _rank(target)):
+                    continue
                 cells = [_ratio(row.get(k), ref.get(k)) if b else "" for k, _, b in columns]
-                ratio_lines.append("| " + " | ".join([f"{label} ÷ reference", *cells]) + " |")
+                ratio_lines.append("| " + " | ".join([f"{label} ÷ {base}", *cells]) + " |")
     out += ratio_lines
     out.append("")
     if errors:
@@ -120,8 +135,9 @@ def markdown(meta: Mapping[str, Any], sizes: Any, summary: Mapping[str, Any]) ->
         "",
         "Every process (Redis, the servers, Django, the load generators, the publisher) shares "
         "this one machine, so absolute numbers are lower than on a real deployment; the ratios "
-        "to the reference are the point. ↑ = higher is better, ↓ = lower is better. A ratio "
-        "row divides the target's median by the reference's.",
+        "to the reference (and to Socket.IO on Node) are the point. ↑ = higher is better, ↓ = "
+        "lower is better. A ratio row divides the target's median by the reference's (or "
+        "Socket.IO's).",
         "",
         *(
             [

@@ -39,6 +39,9 @@ TARGET_NOTES = {
     "each message decoded once and `send_str` to every local socket; no auth, no history.",
     "gateway": "`python -m gateway` (Redis backend) with the Django test site "
     "(tests/django_site) for token checks and `python -m worker` for the ingest stream.",
+    "socketio": "bench/sio_server.mjs — socket.io 4 on Node with @socket.io/redis-adapter (one "
+    "pattern subscription per process), WebSocket transport only, no auth, no history; "
+    "published with @socket.io/redis-emitter (bench/sio_publisher.mjs).",
     "channels": "Django Channels 4 + channels_redis under uvicorn (uvloop); "
     "bench/channels_app: a JSON consumer that joins a group and forwards group messages; "
     "published with `channel_layer.group_send` from a separate process.",
@@ -62,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         help=f"comma-separated, from {','.join(TARGETS)} "
-        "(default reference,gateway; plus channels with --with-channels)",
+        "(default reference,gateway,socketio; plus channels with --with-channels)",
     )
     p.add_argument(
         "--with-channels",
@@ -109,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1")
     default_out = "bench/results/smoke.md" if args.smoke else "docs/benchmarks-latest.md"
     args.out = args.out or REPO_ROOT / default_out
-    targets = (args.targets or "reference,gateway").split(",")
+    targets = (args.targets or "reference,gateway,socketio").split(",")
     if args.with_channels and "channels" not in targets:
         targets.append("channels")
     args.targets = [t.strip() for t in targets if t.strip()]
@@ -134,7 +137,8 @@ def log(message: str) -> None:
 def ensure_node_modules() -> None:
     from bench.procs import BENCH_DIR
 
-    if not (BENCH_DIR / "node_modules" / "ws" / "package.json").exists():
+    wanted = ("ws", "socket.io", "@socket.io/redis-adapter", "@socket.io/redis-emitter", "redis")
+    if not all((BENCH_DIR / "node_modules" / p / "package.json").exists() for p in wanted):
         log("installing the load generator's packages: npm ci (bench/)")
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR, check=True)
 
@@ -149,6 +153,8 @@ def versions(channels_python: str | None) -> dict[str, str]:
     out["redis-server"] = tool_version(["redis-server", "--version"])
     out["node"] = tool_version(["node", "--version"])
     out["ws (npm)"] = ws_version()
+    for package in ("socket.io", "@socket.io/redis-adapter", "@socket.io/redis-emitter", "redis"):
+        out[f"{package} (npm)"] = ws_version(package)
     if channels_python:
         extra = ("channels", "channels_redis", "uvicorn", "websockets", "msgpack")
         out.update(

@@ -33,12 +33,15 @@ class Sizes:
     personal_rounds: int  # events per personal room
     publish_events: int  # events per publishing method
     connect_concurrency: int  # handshakes in flight
+    many_rooms: int = 2000  # rooms_publish: clients, each in its own room
+    many_events: int = 5000  # rooms_publish: events, one per room event, round-robin
+    many_in_flight: int = 32  # rooms_publish: publishes in flight
 
 
 SIZES = {
     "full": Sizes(2000, 100, 5, 20, 5, 2000, 50),
-    "quick": Sizes(1000, 30, 5, 6, 2, 500, 50),
-    "smoke": Sizes(200, 10, 5, 2, 2, 100, 50),
+    "quick": Sizes(1000, 30, 5, 6, 2, 500, 50, 1000, 2500),
+    "smoke": Sizes(200, 10, 5, 2, 2, 100, 50, 200, 500),
 }
 
 
@@ -72,7 +75,9 @@ class Context:
         """Run the publisher; ``on_ready`` runs once it is connected, just before it starts."""
         config = self.stack.publish_config(**kw)
         stack = self.stack
-        result = publish(config, self.log_dir, stack.python, stack.publish_env, on_ready)
+        result = publish(
+            config, self.log_dir, stack.python, stack.publish_env, on_ready, program=stack.publisher
+        )
         self._note(result["command"])
         if result["errors"]:
             raise ScenarioError(f"{result['errors']} publishes failed: {result['first_error']}")
@@ -329,6 +334,56 @@ def publish_throughput(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+def rooms_publish(ctx: Context) -> list[dict[str, Any]]:
+    """Many rooms, one event each at a time: ``many_rooms`` clients each in its own room,
+    ``many_events`` events round-robin over the rooms, ``many_in_flight`` publishes in flight
+    (the gateway: ``AsyncPublisher``; the reference: ``PUBLISH``; Socket.IO: its Redis emitter).
+    Where the time goes: publisher, servers and Redis CPU per publish."""
+    stack, s = ctx.stack, ctx.sizes
+    if stack.concurrent_method is None:
+        raise ScenarioError(f"{stack.name} has no concurrent publisher")
+    n, events = s.many_rooms, s.many_events
+    first = ctx.ids(n)
+    rounds = -(-events // n)
+    with ctx.loadgen(
+        n, id_base=first, room_mode="personal", expect=rounds, events_total=events
+    ) as lg:
+        _connected(lg)
+        time.sleep(SETTLE_S)
+        server = CpuMeter(stack.server_pids)
+        redis = CpuMeter([stack.aux_pids["redis"]])
+        others = CpuMeter(pid for name, pid in stack.aux_pids.items() if name != "redis")
+        pub = ctx.publish(
+            meters(server, redis, others),
+            method=stack.concurrent_method,
+            personal={"first": first, "count": n},
+            rounds=rounds,
+            events=events,
+            concurrency=s.many_in_flight,
+        )
+        got = lg.collect()
+        for meter in (server, redis, others):
+            meter.stop()
+    span_s = ((got["last_recv_us"] or pub["end_us"]) - pub["start_us"]) / 1e6
+    pub_s = (pub["end_us"] - pub["start_us"]) / 1e6
+    return [
+        {
+            "publishes_per_s": pub["published"] / max(pub_s, 1e-9),
+            "delivered_per_s": got["deliveries"] / max(span_s, 1e-9),
+            "cpu_us_per_delivery": server.used_us / max(1, got["deliveries"]),
+            "redis_cpu_us_per_publish": redis.used_us / max(1, pub["published"]),
+            "publisher_cpu_us_per_publish": pub.get("cpu_us", 0) / max(1, pub["published"]),
+            "p50_ms": got["p50_ms"],
+            "p99_ms": got["p99_ms"],
+            "lost": got["lost"],
+            "dup": got["dup"],
+            "unexpected": got["unexpected"],
+            "closed": got["closed"],
+            "close_codes": got["close_codes"],
+        }
+    ]
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -348,7 +403,7 @@ _DELIVERY_COLUMNS = (
     ("dup", "dup", ""),
 )
 
-SCENARIOS = (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "idle",
         "Idle connections: memory",
@@ -466,6 +521,30 @@ SCENARIOS = (
             ("p50_ms", "p50 ms", "down"),
             ("p99_ms", "p99 ms", "down"),
             ("cpu_us_per_event", "server CPU µs/event", "down"),
+            ("lost", "lost", ""),
+            ("dup", "dup", ""),
+        ),
+    ),
+)
+SCENARIOS += (
+    Scenario(
+        "rooms_publish",
+        "Publishing to many rooms",
+        rooms_publish,
+        lambda s: (
+            f"{s.many_rooms} clients, each in its own room; {s.many_events} events, one per "
+            f"room event (round-robin), {s.many_in_flight} publishes in flight: gateway "
+            "`AsyncPublisher.publish` (history on), reference `PUBLISH`, Socket.IO "
+            "`@socket.io/redis-emitter`. Redis CPU and publisher CPU per publish apart."
+        ),
+        (
+            ("publishes_per_s", "publishes/s", "up"),
+            ("delivered_per_s", "delivered/s", "up"),
+            ("cpu_us_per_delivery", "server CPU µs/delivery", "down"),
+            ("redis_cpu_us_per_publish", "Redis CPU µs/publish", "down"),
+            ("publisher_cpu_us_per_publish", "publisher CPU µs/publish", "down"),
+            ("p50_ms", "p50 ms", "down"),
+            ("p99_ms", "p99 ms", "down"),
             ("lost", "lost", ""),
             ("dup", "dup", ""),
         ),

@@ -24,6 +24,7 @@ from bench.procs import (
     channels_server,
     reference_server,
     shell_command,
+    socketio_server,
 )
 from tests.support.django_site import DjangoSite
 from tests.support.processes import (
@@ -35,7 +36,7 @@ from tests.support.processes import (
 )
 from tests.support.redis_server import RedisServer
 
-TARGETS = ("reference", "gateway", "channels")
+TARGETS = ("reference", "gateway", "channels", "socketio")
 CHANNELS_PACKAGES = ("channels>=4,<5", "channels_redis>=4,<5", "uvicorn>=0.30")
 DEFAULT_CHANNELS_ENV = Path.home() / ".cache" / "gateway-bench" / "channels-venv"
 
@@ -66,7 +67,9 @@ class Stack:
     publish_methods: list[str]  # publisher.py methods this target takes, the first is the main
     python: str  # the interpreter publisher.py runs with
     publish_env: dict[str, str]
+    publisher: list[str] = field(default_factory=list)  # argv of the publisher (default: python)
     missing_methods: dict[str, str] = field(default_factory=dict)  # method -> why not
+    concurrent_method: str | None = None  # the publisher method with many in flight
     api_url: str | None = None
     api_key: str | None = None
     jwt_secret: str | None = None  # the gateway verifies HS256 JWTs signed with it locally
@@ -104,6 +107,8 @@ def start_target(
             return _reference(log_dir, nodes, redis, started, commands)
         if name == "gateway":
             return _gateway(log_dir, nodes, redis, started, commands, gateway_env or {})
+        if name == "socketio":
+            return _socketio(log_dir, nodes, redis, started, commands)
         if name == "channels":
             if channels_python is None:
                 raise TargetUnavailable("channels: no interpreter with Channels installed")
@@ -139,6 +144,7 @@ def _reference(
         aux_pids={"redis": redis.pid},
         redis_url=redis.url,
         publish_methods=["redis-publish"],
+        concurrent_method="redis-publish-async",
         python=sys.executable,
         publish_env=child_env(),
         commands=commands + [shell_command(s.argv) for s in servers],
@@ -189,6 +195,7 @@ def _gateway(
         redis_url=redis.url,
         publish_methods=methods,
         missing_methods=missing,
+        concurrent_method="async-publisher",
         python=sys.executable,
         publish_env=child_env(),
         api_url=f"{servers[0].http_url}/api/publish",
@@ -229,6 +236,31 @@ def _channels(
         python=python,
         publish_env=env,
         commands=commands + [shell_command(s.argv, s.env) for s in servers],
+        processes=started,
+    )
+
+
+def _socketio(
+    log_dir: Path,
+    nodes: int,
+    redis: RedisServer,
+    started: list[ManagedProcess],
+    commands: list[str],
+) -> Stack:
+    servers = [_start(socketio_server(log_dir, redis.url), started) for _ in range(nodes)]
+    return Stack(
+        name="socketio",
+        protocol="socketio",
+        urls=[f"ws://127.0.0.1:{s.port}/socket.io/?EIO=4&transport=websocket" for s in servers],
+        server_pids=[s.pid for s in servers],
+        aux_pids={"redis": redis.pid},
+        redis_url=redis.url,
+        publish_methods=["sio-emitter"],
+        concurrent_method="sio-emitter",
+        python=sys.executable,
+        publish_env=child_env(),
+        publisher=["node", str(BENCH_DIR / "sio_publisher.mjs")],
+        commands=commands + [shell_command(s.argv) for s in servers],
         processes=started,
     )
 
@@ -284,8 +316,8 @@ def tool_version(argv: Sequence[str]) -> str:
     return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
 
 
-def ws_version() -> str:
-    package = BENCH_DIR / "node_modules" / "ws" / "package.json"
+def ws_version(package_name: str = "ws") -> str:
+    package = BENCH_DIR / "node_modules" / package_name / "package.json"
     try:
         return str(json.loads(package.read_text())["version"])
     except (OSError, ValueError, KeyError):

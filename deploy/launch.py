@@ -84,7 +84,7 @@ http {{
 
     # Nodes are stateless (rooms, presence and history live in Redis): no sticky sessions.
     upstream gateway {{
-        least_conn;
+{balancing}
 {servers}
         keepalive 32;
     }}
@@ -132,20 +132,31 @@ http {{
 """
 
 
+BALANCING = {
+    "least_conn": "        least_conn;",
+    # every request to the next node in turn (Socket.IO long-polls and posts included)
+    "round_robin": "        # round-robin (nginx's default): every request to the next node",
+}
+
+
 def render_nginx_conf(
     upstreams: Sequence[int | str],
     listen: int | str,
     runtime_dir: Path | None = None,
+    balancing: str = "least_conn",
 ) -> str:
     """The load balancer's nginx.conf.
 
     ``upstreams``: node ports on 127.0.0.1 or ``host:port`` strings. ``listen``: a port or an
     address:port. With ``runtime_dir`` the config suits ``nginx -p DIR -c DIR/nginx.conf`` run
     by an ordinary user (foreground, pid, logs and temp files in DIR); without it, the
-    container layout (logs to stdout/stderr) used by deploy/docker-compose.yml.
+    container layout (logs to stdout/stderr) used by deploy/docker-compose.yml. ``balancing``:
+    ``least_conn`` (the default) or ``round_robin``.
     """
     if not upstreams:
         raise ValueError("at least one upstream is needed")
+    if balancing not in BALANCING:
+        raise ValueError(f"balancing must be one of {sorted(BALANCING)}")
     servers = "\n".join(
         f"        server {f'{HOST}:{u}' if isinstance(u, int) else u} max_fails=3 fail_timeout=10s;"
         for u in upstreams
@@ -158,6 +169,7 @@ def render_nginx_conf(
             temp_paths="",
             servers=servers,
             listen=listen,
+            balancing=BALANCING[balancing],
         )
     d = runtime_dir.resolve()
     # As root, nginx would hand its workers to "nobody", who cannot enter our private temp dir.
@@ -174,6 +186,7 @@ def render_nginx_conf(
         temp_paths=temp_paths,
         servers=servers,
         listen=listen,
+        balancing=BALANCING[balancing],
     )
 
 
@@ -303,6 +316,7 @@ class Topology:
         env: dict[str, str] | None = None,
         keep_dir: bool = False,
         ready_timeout_s: float = 30.0,
+        balancing: str = "least_conn",
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
@@ -324,6 +338,7 @@ class Topology:
             os.environ.get("GATEWAY_PUBLISH_API_KEY") or secrets.token_urlsafe(24),
         )
         self.lb_port = lb_port
+        self.balancing = balancing  # nginx's: least_conn, or round_robin
         self._dir: Path | None = None  # made by start(), removed by stop()
         self.procs: list[Proc] = []
         self.node_ports: list[int] = []
@@ -503,7 +518,9 @@ class Topology:
         conf_dir = self.dir / "nginx"
         conf_dir.mkdir()
         conf = conf_dir / "nginx.conf"
-        conf.write_text(render_nginx_conf(self.node_ports, f"{HOST}:{self.lb_port}", conf_dir))
+        conf.write_text(
+            render_nginx_conf(self.node_ports, f"{HOST}:{self.lb_port}", conf_dir, self.balancing)
+        )
         cmd = [NGINX, "-p", f"{conf_dir}/", "-c", str(conf), "-e", str(conf_dir / "error.log")]
         proc = self._spawn("nginx", cmd, dict(os.environ))
         proc.log = conf_dir / "error.log"  # nginx reports to its error log, not stdout

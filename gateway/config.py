@@ -122,6 +122,11 @@ class Settings(BaseSettings):
     presence_batch: int = Field(100, ge=1, le=10_000)
     receipts_pending: int = Field(256, ge=1, le=100_000)
 
+    # --- Socket.IO (appended) -------------------------------------------------------------------
+    # Socket.IO connection state recovery: a pid in the CONNECT answer and an offset with each
+    # event, so socket.io-client restores its rooms and missed events on any node.
+    socketio_recovery: bool = True
+
     _split = field_validator("allowed_origins", "cors_origins", "trusted_proxies", mode="before")(
         _split_csv
     )

@@ -69,6 +69,16 @@ def _check(rooms: Sequence[str], type_: str, payload: Any) -> bytes:
         raise PublishError(f"payload is not JSON-serializable: {exc}") from None
 
 
+def _group_commit(client: Any) -> Any:
+    """The nodes' group commit when hiredis is installed (the ``server`` extra), else ``None``:
+    one redis-py pipeline per call, as before."""
+    try:
+        from gateway.backend.batch import make_batcher
+    except ImportError:
+        return None
+    return make_batcher(client)
+
+
 def _user_ids(user_ids: Sequence[str | int]) -> list[str]:
     if isinstance(user_ids, str | int):
         raise PublishError("give a list of user ids")
@@ -235,6 +245,7 @@ class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
     _make_client = staticmethod(async_client)
+    _batcher: Any = None  # group commit of concurrent publishes, made on first use
 
     async def publish(
         self,
@@ -261,9 +272,12 @@ class AsyncPublisher(_Base):
         event_id: str | None = None,
         receipts: bool = False,
     ) -> PublishResult:
+        """Concurrent calls (tasks publishing at once) share one round trip to Redis."""
         event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
+        if self._batcher is None and not self.cluster:
+            self._batcher = _group_commit(self.client)
         result = await redis_publish.run_async(
-            self.client, self.keys, event_id, calls, self.cluster
+            self.client, self.keys, event_id, calls, self.cluster, self._batcher
         )
         if receipts:
             await redis_receipts.write_index_async(
@@ -287,5 +301,7 @@ class AsyncPublisher(_Base):
         return {user_id: status.as_dict() for user_id, status in statuses.items()}
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self.client.aclose()
         await aclose_sentinels(self.client)

@@ -227,3 +227,14 @@ class Keys:
         """string: the user's role as Django's profile answered it, for JWTs without a role
         claim; PX ``GATEWAY_AUTH_CACHE_S``."""
         return f"{self.auth_cache_prefix}user:{{{user_id}}}:role"
+
+    # --- Socket.IO (appended) ---------------------------------------------------------------
+    def sio_record(self, pid: str) -> str:
+        """string: a Socket.IO session's recovery record (JSON: user, rooms with their index
+        and join position); PX the history TTL, refreshed while the session lives."""
+        return f"{self.prefix}:sio:{{{pid}}}:record"
+
+    def sio_channel(self, node: str) -> str:
+        """pub/sub channel of a node's Socket.IO sessions: requests for them that reached
+        another node (long-polls, posts, a WebSocket upgrade), and the replies."""
+        return f"{self.prefix}:node:{{{node}}}:sio"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -122,6 +122,7 @@ class RedisBackend:
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_seen = asyncio.Event()
         self.dropped_messages = 0
+        self._listeners: dict[str, tuple[Callable[[bytes], None], Callable[[], None]]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(
@@ -202,6 +203,10 @@ class RedisBackend:
         if channel == self.keys.node_channel(self._node_id):
             self._probe_seen.set()
             return
+        listener = self._listeners.get(channel)
+        if listener is not None:
+            listener[0](data)
+            return
         try:
             offset_raw, epoch_raw, body = data.split(b":", 2)
             pub = Publication(
@@ -219,6 +224,10 @@ class RedisBackend:
 
     def _on_lost(self, channels: list[str]) -> None:
         """Channels live again after a loss: their rooms may have missed events."""
+        for channel in channels:
+            listener = self._listeners.get(channel)
+            if listener is not None:
+                listener[1]()
         rooms = [self.keys.room_from_channel(c) for c in channels if self.keys.is_room_channel(c)]
         if rooms and self._on_resync is not None:
             self._on_resync(rooms)
@@ -242,6 +251,18 @@ class RedisBackend:
                     self.subscriptions.restart(own, "liveness probe not delivered")
             except REDIS_ERRORS as exc:
                 log.debug("probe publish failed: %s", exc)
+
+    async def listen(
+        self, channel: str, on_message: Callable[[bytes], None], on_lost: Callable[[], None]
+    ) -> None:
+        """Receive a channel that is not a room's (a node's own, e.g. Socket.IO forwarding):
+        ``on_message(data)`` per message, ``on_lost()`` when the subscription was lost and
+        messages may have been missed. Publish to it with PUBLISH (SPUBLISH in a cluster)."""
+        self._listeners[channel] = (on_message, on_lost)
+        try:  # a Redis that cannot be reached now: the channel is wanted, and placed later
+            await self.subscriptions.subscribe([channel], impatient=True)
+        except (ConnectionError, TimeoutError) as exc:
+            log.debug("%s not subscribed yet (%s): retrying", channel, exc)
 
     # --- publishing and history ---------------------------------------------------------------
     async def publish(
@@ -267,7 +288,9 @@ class RedisBackend:
             idempotency_key=idempotency_key,
             receipts=receipts,
         )
-        return await redis_publish.run_async(self.client, self.keys, event_id, calls, self.cluster)
+        return await redis_publish.run_async(
+            self.client, self.keys, event_id, calls, self.cluster, self.state.batch
+        )
 
     def _history_call(
         self, room: str, since: Position | None
@@ -298,7 +321,15 @@ class RedisBackend:
 
     async def history_since(self, room: str, since: Position | None) -> Recovery:
         script, keys, args = self._history_call(room, since)
-        return self._recovery(room, await script.run(self.client, keys, args))
+        if self.cluster:
+            return self._recovery(room, await script.run(self.client, keys, args))
+        # Through the group commit, not a pooled connection each: a reconnect storm rejoins
+        # thousands of rooms at once, and redis-py's pool refuses callers past its size
+        # ("Too many connections", found by bench/storm.py).
+        [result] = await self.state.batch.run(
+            lambda buffer: buffer.evalsha(script.sha, len(keys), *keys, *args)
+        )
+        return self._recovery(room, result)
 
     async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
         found: dict[str, Position] = {}

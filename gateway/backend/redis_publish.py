@@ -153,9 +153,20 @@ def _needs_reload(results: list[Any]) -> bool:
 
 
 async def run_async(
-    client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
+    client: Any,
+    keys: Keys,
+    event_id: str,
+    calls: list[PublishCall],
+    sharded: bool,
+    batcher: Any = None,
 ) -> PublishResult:
+    """``batcher`` (single Redis): a group commit (``gateway.backend.batch``) shared by the
+    caller's concurrent publishes, so N publishes in flight cost one round trip and no
+    redis-py pipeline each (docs/benchmarks.md, "Publishing to many rooms")."""
     if not sharded:
+        if batcher is not None:
+            results = await batcher.run(lambda buffer: _queue(buffer, calls))
+            return _result(event_id, calls, results)
         return _result(event_id, calls, await _execute_async(client, calls))
     # Cluster: redis-py refuses EVALSHA in a cluster pipeline, so one call per room, each routed
     # to its slot's master (a call touches only its room's slot: still atomic per room).

@@ -49,6 +49,11 @@ class RedisState:
         self.cluster = cluster
         self.batch = make_batcher(client)
         self.node_lease_ms = int(node_lease_s * 1000)
+        # Nodes whose heartbeat put them in the nodes index: their membership writes skip the
+        # ``ZADD NX`` into the ``{g}`` slot (one write per connect and join on the hottest slot).
+        # A node that writes before its first heartbeat still indexes itself, so the janitor
+        # finds what it leaves behind.
+        self._indexed: set[str] = set()
 
     # --- connections and memberships ---------------------------------------------------------
     def _client_json(self, conn: ConnectionInfo, rooms: Sequence[str]) -> bytes:
@@ -76,7 +81,8 @@ class RedisState:
         value = SEP.join((conn.user_id, conn.role, conn.node))
         flags = "".join("0" if is_broadcast_room(room) else "1" for room in rooms)
         script = scripts.load(scripts.MEMBERSHIP)
-        args = (delta, conn.connection_id, value, info, conn.node, _now_ms(), flags)
+        score = "" if conn.node in self._indexed else _now_ms()
+        args = (delta, conn.connection_id, value, info, conn.node, score, flags)
         pipe.evalsha(script.sha, len(keys), *keys, *args, *rooms)
 
     def _queue_connection(self, pipe: Any, conn: ConnectionInfo, add: bool) -> None:
@@ -156,7 +162,8 @@ class RedisState:
     async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._queue_connection(pipe, conn, add=True)
-        pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
+        if not rooms:  # else the join writes the client's info (one {g} write, not two)
+            pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
         await pipe.execute()
         if rooms:
             await self._join_cluster(conn, rooms, rooms)
@@ -182,7 +189,8 @@ class RedisState:
             if not is_broadcast_room(room):
                 pipe.hset(k.room_presence(room), conn.connection_id, value)
         pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, all_rooms))
-        pipe.zadd(k.nodes, {conn.node: _now_ms()}, nx=True)
+        if conn.node not in self._indexed:
+            pipe.zadd(k.nodes, {conn.node: _now_ms()}, nx=True)
         results = await pipe.execute()
         # count only memberships that are new (SADD answers 1 for a new member)
         added = iter(results)
@@ -255,6 +263,7 @@ class RedisState:
         pipe.set(lease, snapshot, px=self.node_lease_ms, get=True)
         pipe.zadd(self.keys.nodes, {stats.node: now_ms})
         previous, _ = await pipe.execute()
+        self._indexed.add(stats.node)
         return previous is not None
 
     async def nodes(self) -> list[dict[str, Any]]:

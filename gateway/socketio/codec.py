@@ -1,13 +1,16 @@
-"""Engine.IO v4 and Socket.IO v5 packets over a WebSocket: decoding, validation, encoding. No I/O.
+"""Engine.IO v4 and Socket.IO v5 packets: decoding, validation, encoding. No I/O.
 
-Every WebSocket text frame is one Engine.IO packet: a type digit, then its data (``2`` ping,
-``3`` pong, ``4<socket.io packet>`` message...). A Socket.IO packet is
+Every WebSocket text frame is one Engine.IO packet, and a long-polling body is several of them
+joined by the record separator 0x1e (``encode_payload``/``decode_payload``). A packet is a
+type digit, then its data (``2`` ping, ``3`` pong, ``4<socket.io packet>`` message...). A
+Socket.IO packet is
 ``<type>[<attachments>-][<nsp>,][<ack id>][<json>]``, e.g. ``42["join_room",{"room":"x"}]`` or,
 asking for an acknowledgement, ``4213["join_room",{...}]`` answered by ``4313[{...}]``.
 
 Decoding is strict: anything the reference client (socket.io-client 4) would not send raises
 ``PacketError`` (and only that), so the transport can answer instead of crashing. Binary
-packets (``45``/``46`` and binary frames) raise its subclass ``BinaryNotSupported``.
+packets (``45``/``46``, binary frames and long-polling's base64 ``b`` packets) raise its
+subclass ``BinaryNotSupported``.
 
 Encoding is built for fan-out: the ``encode_*`` helpers take a payload as already-serialized
 JSON bytes and splice it in, so one event is serialized once whatever the number of recipients.
@@ -101,12 +104,13 @@ class Handshake:
     ping_interval_ms: int
     ping_timeout_ms: int
     max_payload: int
+    upgrades: tuple[str, ...] = ()  # ("websocket",) for a session opened by long-polling
 
     def encode(self) -> bytes:
         return b"0" + orjson.dumps(
             {
                 "sid": self.sid,
-                "upgrades": [],
+                "upgrades": list(self.upgrades),
                 "pingInterval": self.ping_interval_ms,
                 "pingTimeout": self.ping_timeout_ms,
                 "maxPayload": self.max_payload,
@@ -183,12 +187,15 @@ _MISSING: Final[Any] = object()
 
 
 def decode_frame(frame: str | bytes) -> Packet:
-    """Decode one WebSocket frame (``str`` for text, ``bytes`` for binary) from a client."""
+    """Decode one Engine.IO packet from a client: a WebSocket frame (``str`` for text,
+    ``bytes`` for binary) or one packet of a long-polling body."""
     if not isinstance(frame, str):
         raise BinaryNotSupported("binary frames are not supported: send JSON text")
     if not frame:
         raise PacketError("empty frame: not an Engine.IO packet")
     head = frame[0]
+    if head == "b":  # long-polling's base64 binary packet: an attachment, or a binary message
+        raise BinaryNotSupported("binary packets are not supported: send JSON text")
     if head == "4":
         return decode_socket(frame[1:])
     engine_type = _ENGINE_TYPES.get(head)
@@ -300,6 +307,7 @@ def _connect_error(payload: Any, nsp: str) -> ConnectError:
 
 # --- encoding (server → client) ---------------------------------------------------------------
 
+CLOSE: Final = b"1"
 PING: Final = b"2"
 PONG: Final = b"3"
 NOOP: Final = b"6"
@@ -348,9 +356,12 @@ def encode_reply(reply_id: int | None, event: str, data_json: bytes) -> bytes:
     return b"43%d[%s]" % (reply_id, data_json)
 
 
-def encode_connect(sid: str, nsp: str = DEFAULT_NAMESPACE) -> bytes:
-    """``40{"sid":...}``: the namespace is connected."""
-    return b"40" + _nsp_prefix(nsp) + orjson.dumps({"sid": sid})
+def encode_connect(sid: str, nsp: str = DEFAULT_NAMESPACE, pid: str | None = None) -> bytes:
+    """``40{"sid":...}``: the namespace is connected. ``pid``: the private session id of
+    Socket.IO's connection state recovery; the client sends it back, with the offset of the last
+    event it received, when it reconnects (and sets ``socket.recovered`` when it comes back)."""
+    body = {"sid": sid} if pid is None else {"sid": sid, "pid": pid}
+    return b"40" + _nsp_prefix(nsp) + orjson.dumps(body)
 
 
 def encode_connect_error(message: str, nsp: str = DEFAULT_NAMESPACE, data: Any = None) -> bytes:
@@ -368,7 +379,7 @@ def encode_disconnect(nsp: str = DEFAULT_NAMESPACE) -> bytes:
     return b"41" + _nsp_prefix(nsp)
 
 
-# --- the HTTP handshake -----------------------------------------------------------------------
+# --- the HTTP requests ------------------------------------------------------------------------
 
 
 class EngineErrorCode(IntEnum):
@@ -380,12 +391,6 @@ class EngineErrorCode(IntEnum):
     BAD_REQUEST = 3
     FORBIDDEN = 4
     UNSUPPORTED_PROTOCOL_VERSION = 5
-
-
-POLLING_REFUSED: Final = (
-    "Bad request: this server supports only the websocket transport; "
-    "set transports: ['websocket'] in io()"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,14 +405,23 @@ class HandshakeError:
         return orjson.dumps({"code": int(self.code), "message": self.message})
 
 
-def check_handshake(
-    query: Mapping[str, str], *, method: str, websocket_upgrade: bool
-) -> HandshakeError | None:
-    """Judge ``/socket.io/?EIO=4&transport=websocket``; ``None`` means go on with the upgrade.
+UNKNOWN_SID: Final = HandshakeError(400, EngineErrorCode.UNKNOWN_SID, "Session ID unknown")
 
-    Only Engine.IO 4 over a WebSocket is served: no HTTP long-polling, hence no sticky sessions
-    to configure in front of a cluster.
-    """
+
+class RequestKind(IntEnum):
+    """What a valid ``/socket.io/`` request asks for."""
+
+    POLL_OPEN = 0  # GET transport=polling, no sid: a new session, long-polling first
+    POLL_GET = 1  # GET transport=polling&sid=: a long-poll
+    POLL_POST = 2  # POST transport=polling&sid=: packets from the client
+    WS_OPEN = 3  # a WebSocket upgrade without sid: a new session on a WebSocket
+    WS_UPGRADE = 4  # a WebSocket upgrade with sid: the upgrade of a polling session
+
+
+def classify_request(
+    query: Mapping[str, str], *, method: str, websocket_upgrade: bool
+) -> RequestKind | HandshakeError:
+    """Judge ``/socket.io/?EIO=4&transport=...[&sid=...]`` as Engine.IO 4 servers do."""
     version = query.get("EIO")
     if version != ENGINE_PROTOCOL:
         shown = f"EIO={version}" if version else "no EIO parameter"
@@ -415,16 +429,18 @@ def check_handshake(
             400,
             EngineErrorCode.UNSUPPORTED_PROTOCOL_VERSION,
             f"Unsupported protocol version ({shown}): this server speaks Engine.IO 4; "
-            "use socket.io-client 3.x or 4.x with transports: ['websocket']",
+            "use socket.io-client 3.x or 4.x",
         )
     transport = query.get("transport")
+    sid = query.get("sid")
     if transport == "polling":
-        return HandshakeError(400, EngineErrorCode.BAD_REQUEST, POLLING_REFUSED)
+        if method == "GET":
+            return RequestKind.POLL_GET if sid else RequestKind.POLL_OPEN
+        if method == "POST" and sid:
+            return RequestKind.POLL_POST
+        return HandshakeError(400, EngineErrorCode.BAD_HANDSHAKE_METHOD, "Bad handshake method")
     if transport != "websocket":
         return HandshakeError(400, EngineErrorCode.TRANSPORT_UNKNOWN, "Transport unknown")
-    if "sid" in query:
-        # A sid comes with an upgrade from a polling session, which this server never creates.
-        return HandshakeError(400, EngineErrorCode.UNKNOWN_SID, "Session ID unknown")
     if method != "GET":
         return HandshakeError(400, EngineErrorCode.BAD_HANDSHAKE_METHOD, "Bad handshake method")
     if not websocket_upgrade:
@@ -433,4 +449,20 @@ def check_handshake(
             EngineErrorCode.BAD_REQUEST,
             "Bad request: transport=websocket needs a WebSocket upgrade request",
         )
-    return None
+    return RequestKind.WS_UPGRADE if sid else RequestKind.WS_OPEN
+
+
+# --- long-polling payloads --------------------------------------------------------------------
+
+RECORD_SEPARATOR: Final = "\x1e"  # between the packets of one HTTP body (engine.io-parser v4)
+
+
+def encode_payload(packets: list[bytes]) -> bytes:
+    """The body of a long-poll answer: the packets joined by the record separator. A packet is
+    JSON text or an Engine.IO control packet, neither of which contains a raw 0x1e."""
+    return b"\x1e".join(packets)
+
+
+def decode_payload(body: str) -> list[str]:
+    """The packets of a POST body; an empty packet is the caller's to refuse."""
+    return body.split(RECORD_SEPARATOR)

@@ -1,6 +1,7 @@
-"""The benchmark harness end to end: ``python bench/run.py --smoke`` against the reference server
-and the real gateway (real redis-server, Django test site, Node load generator), checked through
-the report it writes. Channels is left out (it needs a pip install)."""
+"""The benchmark harness end to end: ``python bench/run.py --smoke`` against the reference server,
+the real gateway (real redis-server, Django test site, Node load generator) and Socket.IO on Node
+(socket.io + its Redis adapter and emitter from bench/node_modules), checked through the report it
+writes. Channels is left out (it needs a pip install)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,23 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-SCENARIOS = ("idle", "connect", "connect_auth", "fanout", "fixed_rate", "personal", "publish")
-TARGETS = ("reference", "gateway")
+SCENARIOS = (
+    "idle",
+    "connect",
+    "connect_auth",
+    "fanout",
+    "fixed_rate",
+    "personal",
+    "publish",
+    "rooms_publish",
+)
+TARGETS = ("reference", "gateway", "socketio")
 CONNECT_AUTH_VARIANTS = {"Django": None, "Redis cache, other node": None, "JWT": None}
-PUBLISH_METHODS = {"reference": {"redis-publish"}, "gateway": {"publisher", "api", "ingest"}}
+PUBLISH_METHODS = {
+    "reference": {"redis-publish"},
+    "gateway": {"publisher", "api", "ingest"},
+    "socketio": {"sio-emitter"},
+}
 
 
 def expected_deliveries(scenario: str, sizes: dict[str, Any]) -> int:
@@ -59,11 +73,14 @@ def test_smoke_run_succeeds_and_reports_every_scenario(smoke: dict[str, Any]) ->
     text = smoke["markdown"]
     for scenario in SCENARIOS:
         assert f"(`{scenario}`)" in text, f"scenario {scenario} missing from the report"
-    for word in ("python:", "aiohttp:", "redis-py:", "redis-server:", "node:", "ws (npm):"):
+    versions = ("python:", "aiohttp:", "redis-py:", "redis-server:", "node:", "ws (npm):")
+    for word in (*versions, "socket.io (npm): 4.8.1", "@socket.io/redis-adapter (npm): 8.3.0"):
         assert word in text, f"version line {word!r} missing"
     assert "python -m gateway" in text and "python bench/reference_server.py" in text
     assert "node bench/loadgen.mjs" in text
     assert "gateway ÷ reference" in text
+    assert "gateway ÷ socketio" in text and "socketio ÷ reference" in text
+    assert "node bench/sio_server.mjs" in text and "sio_publisher.mjs" in text
 
 
 @pytest.mark.slow
@@ -94,9 +111,12 @@ def test_smoke_run_loses_and_duplicates_nothing(smoke: dict[str, Any]) -> None:
         assert idle["rss_after_mib"] > idle["rss_before_mib"] > 0, (target, idle)
         connect = summary["connect"]["rows"][""]
         assert connect["connects_per_s"] > 0, (target, connect)
+        many = summary["rooms_publish"]["rows"][""]
+        assert many["lost"] == 0 and many["dup"] == 0 and many["unexpected"] == 0, (target, many)
+        assert many["publishes_per_s"] > 0 and many["delivered_per_s"] > 0, (target, many)
         # every connection of every round authenticated: Django, the Redis cache, a local JWT
         auth_rows = summary["connect_auth"]["rows"]
-        variants = {"": None} if target == "reference" else CONNECT_AUTH_VARIANTS
+        variants = CONNECT_AUTH_VARIANTS if target == "gateway" else {"": None}
         assert set(auth_rows) == set(variants), (target, auth_rows)
         for variant, row in auth_rows.items():
             assert row["connects_per_s"] > 0, (target, variant, row)

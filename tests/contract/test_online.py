@@ -167,3 +167,24 @@ async def test_registration_is_lost_with_the_record(probe: Probe) -> None:
     assert await s.registered("a")
     await s.sweep_node("a")
     assert not await s.registered("a")
+
+
+async def test_an_offline_users_record_expires_and_coming_back_keeps_it(probe: Probe) -> None:
+    """conn_acquire reads "on"/"off" from its HGETALL and writes only what changes: the TTL an
+    offline user's record gets must still be removed when the user connects again, and a second
+    connection of an online user must not announce anything."""
+    s = probe.store
+    await s.acquire("a", USER, "8", role="cliente")
+    await s.release("a", USER, "8")
+    await probe.settle_after_grace()
+    if probe.client is not None:
+        assert probe.keys is not None
+        assert await probe.client.ttl(probe.keys.user_online("8")) > 0  # offline: it expires
+    again = await s.acquire("b", USER, "8", role="cliente")
+    other = await s.acquire("c", USER, "8", role="cliente")
+    assert (again.came_online, other.came_online) == (True, False)
+    if probe.client is not None:
+        assert await probe.client.ttl(probe.keys.user_online("8")) == -1  # online: kept
+    assert await probe.changes() == [("8", True), ("8", False), ("8", True)]
+    status = (await s.online(["8"], now_ms()))["8"]
+    assert (status.online, status.connections) == (True, 2)

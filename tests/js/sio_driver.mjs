@@ -3,8 +3,9 @@
 //   node sio_driver.mjs URL [--token T] [--options JSON]
 //
 // Connects with io(URL, {transports: ["websocket"], auth: {token: T}, ...options}) (no auth
-// without --token; --options overrides anything, e.g. '{"reconnection": false}' or
-// '{"transports": ["polling"]}'). Commands are read from stdin, one JSON object per line:
+// without --token; --options overrides anything, e.g. '{"reconnection": false}',
+// '{"transports": ["polling"]}', or '{"transports": null}' for the library's default: long-polling
+// first, then the upgrade). Commands are read from stdin, one JSON object per line:
 //
 //   {"op":"emit","name":"join_room","data":{...},"ack":true,"seq":1,"timeout_ms":5000}
 //       "data" omitted: emit(name) with no argument; "args": [...] sends several arguments;
@@ -13,10 +14,15 @@
 //                        current connection only: a reconnection answers them again
 //   {"op":"connect"}     socket.connect() again after a disconnect
 //   {"op":"disconnect"}  socket.disconnect(), stay alive for more commands
+//   {"op":"drop"}        close the Engine.IO connection under the socket (as a lost network
+//                        would): the socket reconnects by itself, with recovery if offered
 //   {"op":"close"}       socket.disconnect(), then exit
 //
 // Output, one JSON object per line on stdout:
-//   {"kind":"connect","id":socket.id}     {"kind":"disconnect","reason":...,"description":...}
+//   {"kind":"connect","id":socket.id,"recovered":socket.recovered,"transport":"polling"|"websocket"}
+//   {"kind":"disconnect","reason":...,"description":...}
+//   {"kind":"upgrade","transport":"websocket"}  (the engine moved from long-polling)
+//   {"kind":"reconnect_attempt","attempt":n,"at":ms}  (the manager's backoff, attempt n)
 //   {"kind":"connect_error","message":...,"data":...,"description":...,"context":...}
 //   {"kind":"event","name":...,"data":...}  (data: the first argument; "args" when not one)
 //   {"kind":"ack","seq":...,"data":...}     {"kind":"ack_timeout","seq":...}
@@ -67,7 +73,20 @@ const socket = io(url, {
   ...options,
 });
 
-socket.on("connect", () => print({ kind: "connect", id: socket.id }));
+socket.on("connect", () =>
+  print({
+    kind: "connect",
+    id: socket.id,
+    recovered: socket.recovered,
+    transport: socket.io.engine.transport.name,
+  }),
+);
+socket.io.on("open", () => {
+  socket.io.engine.on("upgrade", (transport) => print({ kind: "upgrade", transport: transport.name }));
+});
+socket.io.on("reconnect_attempt", (attempt) =>
+  print({ kind: "reconnect_attempt", attempt, at: Date.now() }),
+);
 socket.on("disconnect", (reason, details) => {
   print({ kind: "disconnect", reason, description: describe(details && details.description) });
 });
@@ -142,6 +161,7 @@ const commands = {
   stop_pong: stopPong,
   connect: () => socket.connect(),
   disconnect: () => socket.disconnect(),
+  drop: () => socket.io.engine.close(),
   close: exit,
 };
 

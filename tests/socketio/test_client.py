@@ -97,10 +97,16 @@ async def test_auth_option_sends_auth_success_as_first_event(
     assert (await event_in(client, "proveedor_3"))["payload"] == {"to": "me"}
     assert (await event_in(client, "all_proveedores"))["payload"] == {"to": "all"}
 
-    # `auth` may claim userId/role: a claim Django contradicts is identity_mismatch (4401)
-    error = await liar.expect("event", name="auth_error")
-    assert error["data"]["code"] == "identity_mismatch"
-    assert (await liar.expect("disconnect"))["reason"] == "io server disconnect"
+    # `auth` may claim userId/role: a claim Django contradicts is identity_mismatch, refused
+    # in the CONNECT itself (contract §7): connect_error with the code, `connect` never fires
+    error = await liar.expect("connect_error")
+    assert error["message"] == "identity_mismatch"
+    assert error["data"] == {
+        "code": "identity_mismatch",
+        "message": "userId/role differ from the token's identity",
+    }
+    await liar.expect_nothing("connect", 1.5)
+    assert not [line for line in liar.lines if line["kind"] == "event"]
 
 
 # --- rooms ------------------------------------------------------------------------------------

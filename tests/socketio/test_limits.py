@@ -73,8 +73,9 @@ async def test_rate_limit_counts_events_not_heartbeats(make_node: Any, sio: Any,
     seqs = [await client.emit("ping", ack=True) for _ in range(5)]
     errors = [await client.expect("event", name="error") for _ in range(2)]
     assert [e["data"]["code"] for e in errors] == ["rate_limited", "rate_limited"]
-    # the third strike closes the connection (4429): a transport close, the client may return
-    assert (await client.expect("disconnect"))["reason"] == "transport close"
+    # the third strike closes the connection (4429): a DISCONNECT packet first, so the client
+    # reports "io server disconnect" and does not come back by itself (contract §7)
+    assert (await client.expect("disconnect"))["reason"] == "io server disconnect"
     assert not [line for line in client.lines if line["kind"] == "ack" and line["seq"] in seqs]
     async with asyncio.timeout(5):
         while node.node.sessions:

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from gateway.socketio.codec import (
     NOOP,
     PING,
-    POLLING_REFUSED,
     PONG,
     RESERVED_EVENTS,
     Ack,
@@ -30,14 +29,17 @@ from gateway.socketio.codec import (
     Event,
     Handshake,
     PacketError,
+    RequestKind,
     SocketPacket,
-    check_handshake,
+    classify_request,
     decode_frame,
+    decode_payload,
     encode_ack,
     encode_connect,
     encode_connect_error,
     encode_disconnect,
     encode_event,
+    encode_payload,
     encode_reply,
 )
 from tests.js.sio_driver import JS_DIR, ensure_node_modules, node_executable
@@ -288,24 +290,24 @@ def test_connect_disconnect_and_connect_error_frames() -> None:
 
 
 def _check(query: dict[str, str], method: str = "GET", upgrade: bool = True) -> Any:
-    return check_handshake(query, method=method, websocket_upgrade=upgrade)
+    return classify_request(query, method=method, websocket_upgrade=upgrade)
 
 
-def test_a_websocket_upgrade_with_eio_4_is_accepted() -> None:
-    assert _check({"EIO": "4", "transport": "websocket"}) is None
-    assert _check({"EIO": "4", "transport": "websocket", "t": "x", "token": "y"}) is None
-
-
-@pytest.mark.parametrize("method", ["GET", "POST"])
-def test_long_polling_gets_400_with_engine_io_error_body(method: str) -> None:
-    error = _check({"EIO": "4", "transport": "polling", "t": "Pabc"}, method, upgrade=False)
-    assert error.status == 400
-    assert orjson.loads(error.body()) == {
-        "code": 3,
-        "message": "Bad request: this server supports only the websocket transport; "
-        "set transports: ['websocket'] in io()",
-    }
-    assert error.message == POLLING_REFUSED
+@pytest.mark.parametrize(
+    ("query", "method", "upgrade", "kind"),
+    [
+        ({"EIO": "4", "transport": "websocket"}, "GET", True, RequestKind.WS_OPEN),
+        ({"EIO": "4", "transport": "websocket", "t": "x"}, "GET", True, RequestKind.WS_OPEN),
+        ({"EIO": "4", "transport": "websocket", "sid": "s"}, "GET", True, RequestKind.WS_UPGRADE),
+        ({"EIO": "4", "transport": "polling", "t": "P"}, "GET", False, RequestKind.POLL_OPEN),
+        ({"EIO": "4", "transport": "polling", "sid": "s"}, "GET", False, RequestKind.POLL_GET),
+        ({"EIO": "4", "transport": "polling", "sid": "s"}, "POST", False, RequestKind.POLL_POST),
+    ],
+)
+def test_engine_io_4_requests_are_classified(
+    query: dict[str, str], method: str, upgrade: bool, kind: RequestKind
+) -> None:
+    assert _check(query, method, upgrade) is kind
 
 
 @pytest.mark.parametrize(
@@ -316,7 +318,8 @@ def test_long_polling_gets_400_with_engine_io_error_body(method: str) -> None:
         ({"transport": "websocket"}, "GET", True, 5, ["no EIO parameter"]),
         ({"EIO": "4"}, "GET", True, 0, ["Transport unknown"]),
         ({"EIO": "4", "transport": "flashsocket"}, "GET", True, 0, ["Transport unknown"]),
-        ({"EIO": "4", "transport": "websocket", "sid": "x"}, "GET", True, 1, ["Session ID"]),
+        ({"EIO": "4", "transport": "polling"}, "POST", False, 2, ["method"]),
+        ({"EIO": "4", "transport": "polling", "sid": "s"}, "DELETE", False, 2, ["method"]),
         ({"EIO": "4", "transport": "websocket"}, "POST", False, 2, ["method"]),
         ({"EIO": "4", "transport": "websocket"}, "GET", False, 3, ["WebSocket upgrade"]),
     ],
@@ -325,12 +328,27 @@ def test_handshake_errors(
     query: dict[str, str], method: str, upgrade: bool, code: int, words: list[str]
 ) -> None:
     error = _check(query, method, upgrade)
-    assert error is not None
+    assert not isinstance(error, RequestKind)
     assert (error.status, error.code) == (400, EngineErrorCode(code))
     body = orjson.loads(error.body())
     assert body["code"] == code
     for word in words:
         assert word in body["message"]
+
+
+def test_long_polling_payloads_join_packets_with_the_record_separator() -> None:
+    packets = [b"2", b'42["event",{"n":1}]', b"6"]
+    assert encode_payload(packets) == b'2\x1e42["event",{"n":1}]\x1e6'
+    assert decode_payload('40{"token":"t"}\x1e42["ping"]') == ['40{"token":"t"}', '42["ping"]']
+    # a base64 binary packet of a long-polling body is refused as binary
+    with pytest.raises(BinaryNotSupported):
+        decode_frame("bAQID")
+
+
+def test_the_polling_handshake_offers_the_websocket_upgrade_and_connect_carries_the_pid() -> None:
+    frame = Handshake("s.dA", 25000, 20000, 65536, upgrades=("websocket",)).encode()
+    assert orjson.loads(frame[1:])["upgrades"] == ["websocket"]
+    assert encode_connect("abc", pid="p1") == b'40{"sid":"abc","pid":"p1"}'
 
 
 # --- robustness -------------------------------------------------------------------------------

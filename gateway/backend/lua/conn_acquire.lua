@@ -8,13 +8,20 @@
 --                         outage sets the node's own count, so repeating it changes nothing)
 -- ARGV[6] user id ("" for an address)   ARGV[7] role   ARGV[8] presence stream MAXLEN
 -- Returns {admitted 0/1, cluster-wide count after, 1 when the user just came online}.
+-- The one HGETALL also gives "on" and "off": the writes below happen only when they change
+-- something (an online user's next connection: 4 commands, not 7).
 local field = "n:" .. ARGV[1]
 local total, mine = 0, 0
+local on, off = nil, nil
 local flat = redis.call("HGETALL", KEYS[1])
 for i = 1, #flat, 2 do
   if string.sub(flat[i], 1, 2) == "n:" then
     total = total + tonumber(flat[i + 1])
     if flat[i] == field then mine = tonumber(flat[i + 1]) end
+  elseif flat[i] == "on" then
+    on = flat[i + 1]
+  elseif flat[i] == "off" then
+    off = flat[i + 1]
   end
 end
 local cap = tonumber(ARGV[4])
@@ -38,13 +45,19 @@ end
 if ARGV[6] == "" then
   return {1, total, 0}
 end
-redis.call("HDEL", KEYS[1], "off")
-redis.call("PERSIST", KEYS[1])
-redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3])
-if redis.call("HGET", KEYS[1], "on") == "1" then
+if off then
+  redis.call("HDEL", KEYS[1], "off")
+end
+if on ~= nil and on ~= "1" then
+  -- only an offline user's hash has a TTL (online_settle sets "on" 0 and the TTL together;
+  -- within the grace period "off" is set but "on" is still 1 and there is no TTL)
+  redis.call("PERSIST", KEYS[1])
+end
+if on == "1" then
+  redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3])
   return {1, total, 0}
 end
-redis.call("HSET", KEYS[1], "on", "1")
+redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3], "on", "1")
 if #KEYS >= 3 then
   redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[8], "*",
              "userId", ARGV[6], "role", ARGV[7], "online", "1", "ts", ARGV[3])

@@ -8,14 +8,15 @@
 -- KEYS[6..] the presence hash of each room, in the order of ARGV[8..]
 -- ARGV[1] 1 = join, -1 = leave       ARGV[2] connection id
 -- ARGV[3] presence value             ARGV[4] client info JSON ("" = delete the client's entry)
--- ARGV[5] node                       ARGV[6] now (epoch ms), the node's score if it is new
+-- ARGV[5] node                       ARGV[6] now (epoch ms), the node's score if it is new;
+--                                    "" once the node is known to be indexed (no {g} write)
 -- ARGV[7] one flag per room: "1" keeps a presence entry, "0" a count only (broadcast rooms)
 -- ARGV[8..] rooms
 -- Returns the number of memberships that changed.
 local delta = tonumber(ARGV[1])
 local conn = ARGV[2]
 local changed_total = 0
-if delta > 0 then
+if delta > 0 and ARGV[6] ~= "" then
   redis.call("ZADD", KEYS[5], "NX", ARGV[6], ARGV[5])
 end
 for i = 8, #ARGV do
@@ -39,8 +40,8 @@ for i = 8, #ARGV do
     if n <= 0 then
       redis.call("HDEL", KEYS[3], room)
       redis.call("ZREM", KEYS[4], room)
-    else
-      redis.call("ZADD", KEYS[4], 0, room)
+    elseif n == delta then
+      redis.call("ZADD", KEYS[4], 0, room)  -- the room's first member: into the index
     end
   end
 end

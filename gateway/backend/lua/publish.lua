@@ -43,8 +43,9 @@ end
 if ARGV[11] == "1" then
   redis.call("XADD", KEYS[4], "MAXLEN", "~", 1000, "*", "room", ARGV[15], "type", ARGV[12],
              "id", ARGV[10], "ts", ARGV[13], "source", ARGV[14])
-  redis.call("HINCRBY", KEYS[5], ARGV[12], 1)
-  redis.call("EXPIRE", KEYS[5], 7200)
+  if redis.call("HINCRBY", KEYS[5], ARGV[12], 1) == 1 then
+    redis.call("EXPIRE", KEYS[5], 7200)  -- once per type and minute, not per event
+  end
 end
 if ARGV[16] and ARGV[16] ~= "" then
   redis.call("HSET", ARGV[17], "o", offset, "e", epoch)

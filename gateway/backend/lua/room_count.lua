@@ -9,8 +9,8 @@ for i = 2, #ARGV do
     redis.call("HDEL", KEYS[1], ARGV[i])
     redis.call("ZREM", KEYS[2], ARGV[i])
     emptied = emptied + 1
-  else
-    redis.call("ZADD", KEYS[2], 0, ARGV[i])
+  elseif n == tonumber(ARGV[1]) then
+    redis.call("ZADD", KEYS[2], 0, ARGV[i])  -- it had no members: into the index
   end
 end
 return emptied
