@@ -16,6 +16,7 @@
 // receive wall clock minus t. Latencies go into a log histogram (1% buckets) so that the results
 // of several load generator processes can be merged exactly by adding bucket counts.
 
+import { createHmac } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import WebSocket from "ws";
@@ -42,6 +43,7 @@ const {
   // (the last offset/epoch it processed); `missed` counts as delivered. {"cmd":"storm"} reports.
   recover = false,
   reconnectJitterMs = 1000,
+  jwtSecret = null, // gateway: a HS256 JWT per user (SimpleJWT's claims) instead of cliente-<id>
 } = cfg;
 
 if (!["reference", "gateway", "channels", "socketio"].includes(protocol)) {
@@ -71,6 +73,18 @@ function emit(obj) {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
+// A SimpleJWT-shaped access token for user `id`, made before the connect phase (a client has
+// its token before it connects), so its cost is not in the connect figures.
+const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+function jwtFor(id) {
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url({ alg: "HS256", typ: "JWT" });
+  const claims = { token_type: "access", exp: now + 3600, iat: now, jti: `bench-${id}` };
+  const body = b64url({ ...claims, user_id: String(id), role: "cliente" });
+  const sig = createHmac("sha256", jwtSecret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
 // --- per-connection state ------------------------------------------------------------------
 class Conn {
   constructor(index) {
@@ -80,6 +94,7 @@ class Conn {
     this.pos = null; // {offset, epoch} of the last event processed (recover mode)
     this.room = roomMode === "personal" ? `cliente_${this.id}` : room;
     this.ownRoom = this.room;
+    this.token = jwtSecret ? jwtFor(this.id) : `cliente-${this.id}`;
     this.roomMark = Buffer.from(`"room":${JSON.stringify(this.room)}`);
     this.localAddress = localAddresses.length ? localAddresses[index % localAddresses.length] : null;
     this.expect = expectOf(this.id);
@@ -236,7 +251,7 @@ function account(conn, got, now) {
 
 // --- the protocols: URL to open, and what makes a connection ready ---------------------------
 function openUrl(conn) {
-  if (protocol === "gateway") return `${conn.url}?token=cliente-${conn.id}`;
+  if (protocol === "gateway") return `${conn.url}?token=${conn.token}`;
   if (protocol === "socketio") return conn.url; // the room goes in the CONNECT packet
   return `${conn.url}?room=${encodeURIComponent(conn.room)}`;
 }

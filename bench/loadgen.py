@@ -100,6 +100,7 @@ class Loadgen:
         events_total: int = 0,
         local_addresses: Sequence[str] = (),
         recover: bool = False,
+        jwt_secret: str | None = None,
     ) -> None:
         self.children: list[_Child] = []
         self.configs: list[dict[str, Any]] = []
@@ -124,6 +125,7 @@ class Loadgen:
                     "firstId": id_base,
                     "localAddresses": list(local_addresses),
                     "recover": recover,
+                    "jwtSecret": jwt_secret,
                 }
             )
             offset += count
@@ -136,7 +138,10 @@ class Loadgen:
     @property
     def command(self) -> str:
         """The command line of the first process (for the report)."""
-        return f"node bench/loadgen.mjs '{json.dumps(self.configs[0])}'"
+        config = dict(self.configs[0])
+        if config.get("jwtSecret"):
+            config["jwtSecret"] = "<secret>"  # the gateway's GATEWAY_JWT_SECRET
+        return f"node bench/loadgen.mjs '{json.dumps(config)}'"
 
     def start(self, timeout_s: float = 120.0) -> dict[str, Any]:
         for k, config in enumerate(self.configs):

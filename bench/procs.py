@@ -109,7 +109,7 @@ def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
     shown = []
     for key, value in sorted((env or {}).items()):
         if key.startswith(("GATEWAY_", "BENCH_", "DJANGO_SETTINGS")):
-            masked = "<secret>" if "KEY" in key or "TOKEN" in key else value
+            masked = "<secret>" if any(w in key for w in ("KEY", "TOKEN", "SECRET")) else value
             shown.append(f"{key}={shlex.quote(masked)}")
     words = [shlex.quote(_relative(word)) for word in argv]
     if words and Path(argv[0]).name.startswith("python"):

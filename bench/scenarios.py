@@ -15,6 +15,9 @@ from bench.measure import CpuMeter, rss_bytes
 from bench.targets import Stack
 
 SETTLE_S = 0.5  # after the last join, before measuring: same pause for every target
+# between connect rounds: the previous round's closes and the rooms' deferred unsubscribes
+# (GATEWAY_UNSUBSCRIBE_DELAY_S, 2 s) are done before the next round is measured
+ROUND_GAP_S = 3.0
 
 
 class ScenarioError(RuntimeError):
@@ -60,10 +63,11 @@ class Context:
     def room(self) -> str:
         return f"service_{self.ids(1)}"
 
-    def loadgen(self, connections: int, **kw: Any) -> Loadgen:
+    def loadgen(self, connections: int, urls: list[str] | None = None, **kw: Any) -> Loadgen:
         kw.setdefault("processes", self.loadgens if connections >= 500 else 1)
         kw.setdefault("concurrency", self.sizes.connect_concurrency)
-        lg = Loadgen(self.stack.protocol, self.stack.urls, connections, self.log_dir, **kw)
+        urls = urls or self.stack.urls
+        lg = Loadgen(self.stack.protocol, urls, connections, self.log_dir, **kw)
         self._note(lg.command)
         return lg
 
@@ -234,6 +238,59 @@ def connect(ctx: Context) -> list[dict[str, Any]]:
     ]
 
 
+def _connect_round(ctx: Context, first: int, room: str, variant: str, **kw: Any) -> dict[str, Any]:
+    """One round of N connects (connect, authenticate, join), with the CPU of the servers, of
+    Redis and of Django measured over it apart."""
+    n = ctx.sizes.connections
+    server = CpuMeter(ctx.stack.server_pids)
+    helpers = {name: CpuMeter([pid]) for name, pid in ctx.stack.aux_pids.items()}
+    with ctx.loadgen(n, id_base=first, room=room, **kw) as lg:
+        server.start()
+        for meter in helpers.values():
+            meter.start()
+        report = _connected(lg)
+        server.stop()
+        for meter in helpers.values():
+            meter.stop()
+    row = {
+        "variant": variant,
+        "connections": n,
+        "connects_per_s": report["per_s"],
+        "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"],
+        "cpu_us_per_connect": server.used_us / n,
+        "loadgen_cpu_us_per_connect": report["loadgen_cpu_us"] / n,
+        "loadgen_cpu_pct": report["loadgen_cpu_pct"],
+    }
+    for name in ("redis", "django"):
+        meter = helpers.get(name)
+        row[f"{name}_cpu_us_per_connect"] = meter.used_us / n if meter else None
+    return row
+
+
+def connect_auth(ctx: Context) -> list[dict[str, Any]]:
+    """Connect + authenticate + join by where the token is judged. The gateway: fresh HS256
+    JWTs verified by the node itself; fresh tokens verified by Django (one request each); the
+    same tokens again, each on the other node than before (its memory cache misses: the Redis
+    cache answers, as in a storm after a node loss). The reference: one round, no auth."""
+    n = ctx.sizes.connections
+    if ctx.stack.jwt_secret is None:
+        return [_connect_round(ctx, ctx.ids(n), ctx.room(), "")]
+    secret = ctx.stack.jwt_secret
+    # a round not measured first: the nodes' heaps grow to N sessions once (page faults are
+    # system CPU), so that no measured round pays for it alone
+    _connect_round(ctx, ctx.ids(n), ctx.room(), "warm-up", jwt_secret=secret)
+    time.sleep(ROUND_GAP_S)
+    rows = [_connect_round(ctx, ctx.ids(n), ctx.room(), "JWT", jwt_secret=secret)]
+    time.sleep(ROUND_GAP_S)
+    first, room = ctx.ids(n), ctx.room()
+    rows.append(_connect_round(ctx, first, room, "Django"))
+    time.sleep(ROUND_GAP_S)
+    other_node = ctx.stack.urls[1:] + ctx.stack.urls[:1]
+    rows.append(_connect_round(ctx, first, room, "Redis cache, other node", urls=other_node))
+    return rows
+
+
 def publish_throughput(ctx: Context) -> list[dict[str, Any]]:
     """K events as fast as one sequential publisher goes (the API: 8 requests in flight), one
     subscriber counting them: accepted/s at the publisher, delivered/s end to end."""
@@ -377,6 +434,32 @@ SCENARIOS: tuple[Scenario, ...] = (
             ("p99_ms", "p99 ms", "down"),
             ("cpu_us_per_connect", "server CPU µs/connect", "down"),
             ("aux_cpu_us_per_connect", "helpers CPU µs/connect", "down"),
+            ("loadgen_cpu_us_per_connect", "loadgen CPU µs/connect", ""),
+            ("loadgen_cpu_pct", "busiest loadgen CPU %", ""),
+        ),
+    ),
+    Scenario(
+        "connect_auth",
+        "Connect + authenticate + join, by where the token is judged",
+        connect_auth,
+        lambda s: (
+            f"{s.connections} connections, {s.connect_concurrency} handshakes in flight, each "
+            "round with a fresh room, 3 s apart. Gateway, after a round not measured (fresh JWT "
+            "users: the heap grows once), three rounds: fresh users with HS256 "
+            "JWTs (SimpleJWT's claims, made by the load generator before it connects) verified "
+            "by the node, no Django; fresh users with `?token=cliente-<id>` (Django verifies "
+            "each: one `profile/` request per connect); the same users again, each on the "
+            "other node than before (its memory cache misses; the cluster-wide Redis cache "
+            "answers, as in a storm after a node loss). Reference: one round, no "
+            "authentication. Redis / Django CPU: those processes alone."
+        ),
+        (
+            ("connects_per_s", "connects/s", "up"),
+            ("p50_ms", "p50 ms", "down"),
+            ("p99_ms", "p99 ms", "down"),
+            ("cpu_us_per_connect", "server CPU µs/connect", "down"),
+            ("redis_cpu_us_per_connect", "Redis CPU µs/connect", ""),
+            ("django_cpu_us_per_connect", "Django CPU µs/connect", ""),
             ("loadgen_cpu_us_per_connect", "loadgen CPU µs/connect", ""),
             ("loadgen_cpu_pct", "busiest loadgen CPU %", ""),
         ),

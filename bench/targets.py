@@ -72,6 +72,7 @@ class Stack:
     concurrent_method: str | None = None  # the publisher method with many in flight
     api_url: str | None = None
     api_key: str | None = None
+    jwt_secret: str | None = None  # the gateway verifies HS256 JWTs signed with it locally
     commands: list[str] = field(default_factory=list)
     processes: list[ManagedProcess] = field(default_factory=list)
 
@@ -162,9 +163,11 @@ def _gateway(
     django = _start(DjangoSite(log_dir / "django"), started)
     commands.append(shell_command(django.argv, django.env))
     api_key = secrets.token_urlsafe(24)
+    jwt_secret = secrets.token_urlsafe(32)
     env: dict[str, str | None] = {
         "GATEWAY_REDIS_URL": redis.url,
         "GATEWAY_PUBLISH_API_KEY": api_key,
+        "GATEWAY_JWT_SECRET": jwt_secret,  # only the connect_auth scenario sends JWTs
         **GATEWAY_BENCH_ENV,
         **extra_env,
     }
@@ -197,6 +200,7 @@ def _gateway(
         publish_env=child_env(),
         api_url=f"{servers[0].http_url}/api/publish",
         api_key=api_key,
+        jwt_secret=jwt_secret,
         commands=commands,
         processes=started,
     )

@@ -140,6 +140,7 @@ async def disconnect(request: web.Request, node: Node) -> web.Response:
     user_id = str(req.userId)
     try:
         count = await node.backend.user_connections(user_id)
+        await node.auth.revoke(user_id)  # before the control message: nothing to re-cache
         await node.backend.control(ControlMessage("disconnect", {"userId": user_id}))
     except BACKEND_ERRORS as exc:
         log.warning("disconnect API: backend error %s", exc)

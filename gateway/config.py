@@ -183,6 +183,65 @@ class Settings(BaseSettings):
     def sentinel_mode(self) -> bool:
         return bool(self.redis_url and parse_redis_url(self.redis_url).kind == "sentinel")
 
+    # --- authentication: shared token cache, local JWT verification (appended) -----------------
+    # how long disconnect(user) refuses the user's JWTs issued before it; keep >= the lifetime
+    # of your access tokens
+    auth_revocation_ttl_s: int = Field(86400, ge=1, le=366 * 86400)
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None  # PEM text, or the path of a PEM file
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: CsvList = Field(default_factory=list)  # empty: follows the key
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_claim: str = Field("user_id", min_length=1, max_length=128)
+    jwt_role_claim: str = Field("role", min_length=1, max_length=128)
+
+    @field_validator(
+        "jwt_secret", "jwt_public_key", "jwt_jwks_url", "jwt_audience", "jwt_issuer", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            # RFC 7518 3.2: an HS256 key is at least as long as its hash
+            raise ValueError("must be at least 32 bytes long (RFC 7518 section 3.2)")
+        return value
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _check_jwt_public_key(cls, value: str | None) -> str | None:
+        from gateway.auth.keyfiles import read_public_key
+
+        return None if value is None else read_public_key(value)[0]
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in {"http", "https"}:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_jwt_algorithms(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        from gateway.auth.keyfiles import check_algorithms
+
+        return check_algorithms(
+            value,
+            secret=info.data.get("jwt_secret") is not None,
+            public=info.data.get("jwt_public_key") is not None
+            or info.data.get("jwt_jwks_url") is not None,
+        )
+
 
 class ConfigError(Exception):
     """A bad setting; ``str()`` is the one line to print."""
@@ -193,7 +252,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     loc = first.get("loc") or ("?",)
     name = ENV_PREFIX + str(loc[0]).upper()
     raw = first.get("input")
-    secret = "TOKEN" in name or "KEY" in name or isinstance(raw, dict)
+    secret = "TOKEN" in name or "KEY" in name or "SECRET" in name or isinstance(raw, dict)
     if isinstance(raw, str) and "://" in raw:
         raw = re.sub(r"//[^@\s]*@", "//***@", raw)  # never echo credentials in URLs
         raw = re.sub(r"(password=)[^&]*", r"\1***", raw)

@@ -1,12 +1,11 @@
-"""Talking to Django's REST API: token verification (cached), business events as the user, and
-the periodic reachability probe. One pooled aiohttp ClientSession; a circuit breaker stops us
-hammering a Django that is down. Tokens are never logged; cache keys are token hashes.
+"""Talking to Django's REST API: token verification, business events as the user, and the
+periodic reachability probe. One pooled aiohttp ClientSession; a circuit breaker stops us
+hammering a Django that is down. Tokens are never logged. Answers are cached by ``gateway.auth``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 import time
@@ -22,7 +21,6 @@ from gateway.rooms import ROLES, Identity
 
 log = logging.getLogger("gateway.django")
 
-AUTH_CACHE_MAX = 100_000
 # A control character cannot be in a header (CR/LF would be header injection): no such token.
 _NOT_A_TOKEN = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -92,10 +90,6 @@ class CircuitBreaker:
         return self.opened_at is not None
 
 
-def _token_key(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def parse_identity(body: Any) -> Identity:
     if not isinstance(body, dict) or "id" not in body or body.get("role") not in ROLES:
         raise ValueError("profile answer lacks 'id' or a known 'role'")
@@ -112,13 +106,11 @@ class DjangoClient:
         self.events_url = settings.django_base_url + settings.django_events_path
         self.scheme = settings.django_auth_scheme
         self.timeout = aiohttp.ClientTimeout(total=settings.django_timeout)
-        self.cache_s = settings.auth_cache_s
         self.breaker = CircuitBreaker(
             settings.django_breaker_failures, settings.django_breaker_reset_s
         )
         self.probe = ProbeState()
         self.metrics = metrics
-        self._cache: dict[str, tuple[Identity, float]] = {}
         self._inflight: dict[str, asyncio.Future[Identity]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -148,26 +140,16 @@ class DjangoClient:
             self.metrics.django_latency.labels(what).observe(time.monotonic() - started)
 
     # --- authentication ------------------------------------------------------------------------
-    def cached(self, token: str) -> bool:
-        """Whether ``verify(token)`` would be answered from the cache, without Django."""
-        entry = self._cache.get(_token_key(token))
-        return entry is not None and entry[1] > time.monotonic()
-
     async def verify(self, token: str) -> Identity:
         """Django's identity for a token; raises ``AuthFailure``. Concurrent verifications of
-        one token share a single request, and verified tokens are cached for ``auth_cache_s``."""
+        one token share a single request. Not cached here: ``gateway.auth`` caches answers."""
         if not token or _NOT_A_TOKEN.search(token):
             raise AuthFailure(AuthErrorCode.INVALID_TOKEN, "invalid token")
-        key = _token_key(token)
-        cached = self._cache.get(key)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        inflight = self._inflight.get(key)
+        inflight = self._inflight.get(token)
         if inflight is not None:
             return await asyncio.shield(inflight)
         fut: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        self._inflight[token] = fut
         try:
             identity = await self._verify_remote(token)
         except AuthFailure as exc:
@@ -176,19 +158,9 @@ class DjangoClient:
             raise
         else:
             fut.set_result(identity)
-            if self.cache_s > 0:
-                if len(self._cache) >= AUTH_CACHE_MAX:
-                    self._evict(now)
-                self._cache[key] = (identity, now + self.cache_s)
             return identity
         finally:
-            del self._inflight[key]
-
-    def _evict(self, now: float) -> None:
-        for k in [k for k, (_, exp) in self._cache.items() if exp <= now]:
-            del self._cache[k]
-        while len(self._cache) >= AUTH_CACHE_MAX:
-            self._cache.pop(next(iter(self._cache)))
+            del self._inflight[token]
 
     async def _verify_remote(self, token: str) -> Identity:
         unavailable = AuthFailure(

@@ -109,6 +109,12 @@ class Metrics:
         )
         self.rooms = Gauge("gateway_rooms", "Rooms with local members", registry=r)
         self.ready = Gauge("gateway_ready", "1 when the node can serve", registry=r)
+        self.auth_sources = Counter(
+            "gateway_auth_token_checks_total",
+            "Token checks by where they were answered: memory, redis, jwt, django",
+            ["source"],
+            registry=r,
+        )
         # --- connection accounting, online status, receipts (appended) ----------------------
         self.presence_changes = Counter(
             "gateway_presence_changes_total",

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting import Accounting
+from gateway.auth.authenticator import Authenticator
 from gateway.backend.base import (
     Backend,
     ConnectionInfo,
@@ -101,6 +102,7 @@ class Node:
         self.backend = backend
         self.django = django
         self.metrics = metrics
+        self.auth = Authenticator.for_backend(settings, backend, django, metrics)
         self.hub = Hub()
         self.outbox = Outbox(on_overflow=self._on_overflow)
         self.sessions: dict[str, Session] = {}
@@ -164,6 +166,7 @@ class Node:
             asyncio.create_task(self._probe_loop(), name="django probe"),
             asyncio.create_task(self._rejoin_deadline_loop(), name="rejoin deadlines"),
             asyncio.create_task(self.accounting.run(self._accounting_tick()), name="accounting"),
+            asyncio.create_task(self.auth.follow_revocations(), name="revocations"),
         ]
         if self.backend.name == "memory":
             # embedded mode has no worker: the node sweeps its own stale state
@@ -411,7 +414,7 @@ class Node:
         self._cancel_auth_deadline(session)  # the deadline is for sending it; Django's own
         # timeout bounds the verification
         try:
-            identity = await self.django.verify(token)
+            identity = await self.auth.verify(token)
             if (user_id is not None and user_id != identity.user_id) or (
                 role is not None and role != identity.role
             ):
@@ -804,6 +807,7 @@ class Node:
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":
             user_id = str(message.args.get("userId", ""))
+            self.auth.forget_user(user_id)
             for session in list(self.by_user.get(user_id, ())):
                 session.close(CloseCode.DISCONNECTED_BY_SERVER, "disconnected by the server")
             if user_id in self.by_user:

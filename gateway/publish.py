@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.auth.revoke import revocation_ttl_from_env, revoke_async, revoke_sync
 from gateway.backend import redis_publish, redis_receipts
 from gateway.backend.base import PublishResult
 from gateway.backend.clients import async_client, kind_of, sync_client
@@ -105,24 +106,35 @@ class _Base:
         history_size: int | None = None,
         history_ttl_s: int | None = None,
         cluster: bool | None = None,
+        revocation_ttl_s: int | None = None,
     ) -> P:
         """A publisher for ``url``: any ``GATEWAY_REDIS_URL`` form (``redis://``, ``rediss://``,
         ``unix://``, ``redis+cluster://``, ``redis+sentinel://``; with Sentinel the publisher
-        follows the master across failovers). History size/TTL and the key prefix default to
-        the ``GATEWAY_*`` variables."""
+        follows the master across failovers). History size/TTL, the key prefix and how long
+        ``disconnect`` refuses older JWTs default to the ``GATEWAY_*`` variables."""
         is_cluster = kind_of(parse_redis_url(url), cluster) == "cluster"
         return cls(
             cls._make_client(url, cluster=is_cluster, protocol=2),
             prefix=prefix or os.environ.get("GATEWAY_REDIS_PREFIX", "gateway"),
             history=_policy(history_size, history_ttl_s),
             cluster=is_cluster,
+            revocation_ttl_s=revocation_ttl_s,
         )
 
-    def __init__(self, client: Any, *, prefix: str, history: HistoryPolicy, cluster: bool) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        history: HistoryPolicy,
+        cluster: bool,
+        revocation_ttl_s: int | None = None,
+    ) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.history = history
         self.cluster = cluster
+        self.revocation_ttl_s = revocation_ttl_s or revocation_ttl_from_env()
 
     def _calls(
         self,
@@ -204,9 +216,12 @@ class Publisher(_Base):
         return None if rooms is None else receipts_answer(event_id, rooms)
 
     def disconnect(self, user_id: str | int) -> int:
-        """Close every connection of the user on every node (close 4403). Returns how many
-        connections the user had open."""
+        """Close every connection of the user on every node (close 4403) and forget the
+        user's verified tokens: a token Django revoked cannot come back from the cache, and
+        the user's JWTs issued before now are refused (for ``GATEWAY_AUTH_REVOCATION_TTL_S``).
+        Returns how many connections the user had open."""
         count = int(self.client.scard(self.keys.user_connections(str(user_id))))
+        revoke_sync(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         self.client.execute_command(command, self.keys.control_channel, msg)
         return count
@@ -276,6 +291,7 @@ class AsyncPublisher(_Base):
 
     async def disconnect(self, user_id: str | int) -> int:
         count = int(await self.client.scard(self.keys.user_connections(str(user_id))))
+        await revoke_async(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         await self.client.execute_command(command, self.keys.control_channel, msg)
         return count

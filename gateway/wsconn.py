@@ -207,7 +207,7 @@ class WsConnection(FrameProtocol):
         answer = switching_protocols(upgrade.key)
         # Django may take a while: upgrade at once unless the token is cached, then the 101
         # goes with auth_success (or auth_error), one send instead of two
-        hold = bool(upgrade.token) and self._node.django.cached(upgrade.token or "")
+        hold = bool(upgrade.token) and self._node.auth.cached(upgrade.token or "")
         self.accept(answer, upgrade.token, ip, hold=hold)
         if rest:
             self.feed(rest)

@@ -263,7 +263,22 @@ class _Link:
         """Write ``commands``; ``answer`` gets their replies (or the error) when they come."""
         now = self._loop.time()
         self.inflight.append((len(commands), [], answer, now))
-        self.writer.write(pack_commands(commands))
+        try:
+            if self.writer.is_closing():
+                raise RedisConnectionError("the connection to Redis is closing")
+            self.writer.write(pack_commands(commands))
+        except (RuntimeError, OSError, RedisConnectionError) as exc:
+            # uvloop raises RuntimeError ("the handler is closed") on a transport that has just
+            # closed: a lost connection like any other, failed as such (not a bug that escapes)
+            error = (
+                exc
+                if isinstance(exc, RedisConnectionError)
+                else RedisConnectionError(f"the connection to Redis closed: {exc}")
+            )
+            if self.error is None:
+                self.error = error  # not usable from now on
+            self._loop.call_soon(self.fail, error)
+            return
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(now + self.timeout_s, self._check)
 

@@ -200,6 +200,34 @@ class Keys:
         ``POST /dashboard/cleanup`` waits only while a sweep actually runs."""
         return f"{self.prefix}:lease:{job}:period"
 
+    # --- authentication (appended): shared token cache and revocation ----------------------
+    def auth_token(self, token_hash: str) -> str:
+        """string: JSON ``{"u": userId, "r": role, "t": verifiedAtMs}`` of a token Django
+        verified, by the token's sha256 (never the token); PX ``GATEWAY_AUTH_CACHE_S``."""
+        return f"{self.auth_cache_prefix}tok:{token_hash}"
+
+    def auth_user_tokens(self, user_id: str) -> str:
+        """set of the user's cached token hashes, so ``disconnect`` forgets them without a
+        scan; PX ``GATEWAY_AUTH_CACHE_S``, refreshed on every add."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:tokens"
+
+    def auth_user_revoked(self, user_id: str) -> str:
+        """string: epoch ms of the user's last ``disconnect``; JWTs issued before it are
+        refused. EX ``GATEWAY_AUTH_REVOCATION_TTL_S``."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:revoked"
+
+    @property
+    def auth_revocations(self) -> str:
+        """zset userId -> epoch ms of the user's last ``disconnect``, trimmed to
+        ``GATEWAY_AUTH_REVOCATION_TTL_S``: nodes poll it, so a JWT check needs no Redis call.
+        Its own slot: written only on disconnect, read every few seconds by each node."""
+        return f"{self.auth_cache_prefix}{{revocations}}"
+
+    def auth_user_role(self, user_id: str) -> str:
+        """string: the user's role as Django's profile answered it, for JWTs without a role
+        claim; PX ``GATEWAY_AUTH_CACHE_S``."""
+        return f"{self.auth_cache_prefix}user:{{{user_id}}}:role"
+
     # --- Socket.IO (appended) ---------------------------------------------------------------
     def sio_record(self, pid: str) -> str:
         """string: a Socket.IO session's recovery record (JSON: user, rooms with their index

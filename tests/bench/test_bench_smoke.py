@@ -14,8 +14,18 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-SCENARIOS = ("idle", "connect", "fanout", "fixed_rate", "personal", "publish", "rooms_publish")
+SCENARIOS = (
+    "idle",
+    "connect",
+    "connect_auth",
+    "fanout",
+    "fixed_rate",
+    "personal",
+    "publish",
+    "rooms_publish",
+)
 TARGETS = ("reference", "gateway", "socketio")
+CONNECT_AUTH_VARIANTS = {"Django": None, "Redis cache, other node": None, "JWT": None}
 PUBLISH_METHODS = {
     "reference": {"redis-publish"},
     "gateway": {"publisher", "api", "ingest"},
@@ -104,3 +114,9 @@ def test_smoke_run_loses_and_duplicates_nothing(smoke: dict[str, Any]) -> None:
         many = summary["rooms_publish"]["rows"][""]
         assert many["lost"] == 0 and many["dup"] == 0 and many["unexpected"] == 0, (target, many)
         assert many["publishes_per_s"] > 0 and many["delivered_per_s"] > 0, (target, many)
+        # every connection of every round authenticated: Django, the Redis cache, a local JWT
+        auth_rows = summary["connect_auth"]["rows"]
+        variants = CONNECT_AUTH_VARIANTS if target == "gateway" else {"": None}
+        assert set(auth_rows) == set(variants), (target, auth_rows)
+        for variant, row in auth_rows.items():
+            assert row["connects_per_s"] > 0, (target, variant, row)

@@ -159,8 +159,9 @@ async def test_token_revoked_while_away_ends_the_client_at_reconnect(
 ) -> None:
     """The client's token is revoked, then the node it is on drains (close 1012): the other
     node answers ``invalid_token`` and closes 4401, and the client stops instead of retrying."""
-    a = await make_node(redis_server.url)
-    b = await make_node(redis_server.url)
+    # no token cache: with one, node B would let the token in from Redis for its 30 s
+    a = await make_node(redis_server.url, auth_cache_s=0)
+    b = await make_node(redis_server.url, auth_cache_s=0)
     client = GatewayClient([a.ws_url, b.ws_url], "cliente-42", backoff_base_s=0.05)
     terminated: list[dict[str, Any]] = []
     client.on_lifecycle("terminated", terminated.append)

@@ -12,6 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from gateway.contrib.django import PresenceChange, presence_changed, presence_view
+from tests.django_site import jwt_tokens
 from tests.django_site.business import Rejected, judge
 from tests.django_site.state import (
     EVENTS_MODES,
@@ -39,7 +40,7 @@ def _authenticate(token: str | None) -> dict[str, Any] | None:
     with STATE.lock:
         if token in STATE.revoked:
             return None
-    return user_for_token(token)
+    return user_for_token(token) or jwt_tokens.user_of(token)
 
 
 def _unauthorized() -> JsonResponse:
@@ -139,6 +140,8 @@ def control(request: HttpRequest) -> HttpResponse:
     error = _control_error(changes)
     if error:
         return JsonResponse({"detail": error}, status=400)
+    if changes.get("reset"):
+        jwt_tokens.JWT.reset()
     with STATE.lock:
         if changes.get("reset"):
             STATE.reset()
@@ -206,3 +209,43 @@ def presence(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"detail": "Service unavailable (test)."}, status=503)
     response: HttpResponse = presence_view(request)
     return response
+
+
+# --- JWTs (SimpleJWT) -------------------------------------------------------------------------
+@require_GET
+def jwks(request: HttpRequest) -> HttpResponse:
+    """The public keys of the site's RS256 / ES256 tokens, as a JWKS."""
+    document = jwt_tokens.JWT.jwks()
+    if document is None:
+        return JsonResponse({"detail": "JWKS unavailable (test)."}, status=503)
+    return JsonResponse(document)
+
+
+@require_http_methods(["GET", "POST"])
+def control_jwt(request: HttpRequest) -> HttpResponse:
+    """GET: the keys and the JWKS call count. POST ``{"action": ...}``: ``issue`` (options of
+    ``jwt_tokens.issue``) -> ``{"token"}``; ``rotate`` -> ``{"kid"}`` of a new RSA key
+    (``publish``: false keeps it out of the JWKS until ``publish`` with its ``kid``); ``jwks``
+    with ``mode`` ``ok``/``fail``; ``role`` with ``userId``, ``role`` (the profile answer for
+    tokens without a role claim). ``reset`` of /control/ resets it."""
+    if request.method == "GET":
+        return JsonResponse(jwt_tokens.JWT.describe())
+    try:
+        body = json.loads(request.body)
+        action = body["action"]
+        if action == "issue":
+            return JsonResponse({"token": jwt_tokens.issue(body)})
+        if action == "rotate":
+            return JsonResponse({"kid": jwt_tokens.JWT.rotate(body.get("publish", True) is True)})
+        with jwt_tokens.JWT.lock:
+            if action == "publish":
+                jwt_tokens.JWT.unpublished.discard(str(body["kid"]))
+            elif action == "jwks":
+                jwt_tokens.JWT.jwks_mode = str(body["mode"])
+            elif action == "role":
+                jwt_tokens.JWT.roles[str(body["userId"])] = str(body["role"])
+            else:
+                return JsonResponse({"detail": f"unknown action {action!r}"}, status=400)
+    except (ValueError, KeyError, TypeError) as exc:
+        return JsonResponse({"detail": f"bad request: {exc!r}"}, status=400)
+    return JsonResponse({"ok": True})

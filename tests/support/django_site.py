@@ -111,3 +111,38 @@ class DjangoSite(ManagedProcess):
             response.raise_for_status()
             result: dict[str, Any] = await response.json()
         return result
+
+    # --- JWTs, as the site issues them with SimpleJWT (tests/django_site/jwt_tokens.py) -------
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.base_url}jwks/"
+
+    async def ajwt(self, user_id: str | int, **options: Any) -> str:
+        """A SimpleJWT access token for ``user_id``. Options: ``role``, ``alg`` (HS256,
+        RS256, ES256), ``kid``, ``lifetimeS`` (negative: expired), ``iat``, ``aud``, ``iss``,
+        ``claims``."""
+        answer = await self.ajwt_control(action="issue", userId=str(user_id), **options)
+        return str(answer["token"])
+
+    async def ajwt_control(self, **body: Any) -> dict[str, Any]:
+        """POST ``/control/jwt/``: ``action`` ``issue``, ``rotate`` (``publish``: false keeps
+        the new key out of the JWKS), ``publish`` (``kid``), ``jwks`` (``mode`` ``ok``/``fail``)
+        or ``role`` (``userId``, ``role``)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{self.root_url}control/jwt/", json=body) as response,
+        ):
+            if response.status != 200:
+                raise ValueError(f"control/jwt {body!r}: {await response.text()}")
+            result: dict[str, Any] = await response.json()
+        return result
+
+    async def ajwt_keys(self) -> dict[str, Any]:
+        """``secret``, ``rsa_public_pem``, ``ec_public_pem``, ``kids`` and ``jwks_calls``."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.root_url}control/jwt/") as response,
+        ):
+            response.raise_for_status()
+            result: dict[str, Any] = await response.json()
+        return result
