@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TRACE_BEFORE = 24  # entries of the client's trace kept before a violation
+TRACE_BEFORE = 48  # entries of the client's trace kept before a violation
 TRACE_AFTER = 8  # and after it
 MAX_SKIPPED = 5000  # offsets remembered from gaps, to tell a late event from a duplicate
 EARLY = "_campaign_early"  # marks a buffered event that came before auth_success
@@ -48,7 +48,8 @@ class Violation:
     after: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
+    def render(self, context: int = TRACE_BEFORE) -> str:
+        """The violation with the last ``context`` trace lines before it."""
         lines = [f"[{self.kind}] t={self.at_s:.3f}s client={self.client} room={self.room}"]
         lines.append(f"  {self.detail}")
         if self.faults:
@@ -56,7 +57,7 @@ class Violation:
             lines += [f"    {f}" for f in self.faults]
         if self.before or self.after:
             lines.append("  trace (before ... >>> violation <<< ... after):")
-            lines += [f"    {line}" for line in self.before]
+            lines += [f"    {line}" for line in self.before[-context:]]
             lines.append("    >>> here <<<")
             lines += [f"    {line}" for line in self.after]
         return "\n".join(lines)
@@ -120,7 +121,7 @@ class RoomLog:
 class Trace:
     """The client's recent history, as lines; ``room=None`` lines concern the connection."""
 
-    def __init__(self, maxlen: int = 400) -> None:
+    def __init__(self, maxlen: int = 1000) -> None:
         self.lines: deque[tuple[str | None, str]] = deque(maxlen=maxlen)
 
     def add(self, room: str | None, line: str) -> None:

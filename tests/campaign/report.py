@@ -119,7 +119,7 @@ class Result:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def report(self, max_traces: int = MAX_TRACES) -> str:
+    def report(self, max_traces: int = MAX_TRACES, context: int = 20) -> str:
         parts = [self.summary()]
         if self.violations:
             parts.append(
@@ -128,13 +128,13 @@ class Result:
             )
             shown = _spread(self.violations, max_traces)
             parts.append(f"\n{len(shown)} of {len(self.violations)} violations in full:")
-            parts += [v.render() for v in shown]
+            parts += [v.render(context) for v in shown]
             parts.append("\nfaults applied:")
             parts += [f"  {line}" for line in self.fault_lines]
         return "\n".join(parts)
 
     def save(self, run_dir: Path) -> None:
-        (run_dir / "report.txt").write_text(self.report(max_traces=200) + "\n")
+        (run_dir / "report.txt").write_text(self.report(max_traces=200, context=48) + "\n")
         data = asdict(self)
         (run_dir / "result.json").write_text(json.dumps(data, indent=1, default=str))
 
