@@ -34,15 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.socketio.codec import UNKNOWN_SID, EngineErrorCode, HandshakeError, encode_payload
-from gateway.socketio.engine import (
-    ABNORMAL_CLOSURE,
-    Carrier,
-    EngineSession,
-    RequestRefused,
-    SessionGone,
-    SocketIOOptions,
-)
+from gateway.socketio.engine import ABNORMAL_CLOSURE, Carrier, RequestRefused, SocketIOOptions
+from gateway.socketio.owned import OwnedSessions
 
 if TYPE_CHECKING:
     from gateway.socketio.sessions import Registry
@@ -54,8 +47,6 @@ MAX_OUTBOX = 100_000  # messages waiting to be published, per node
 SERVICE_RESTART = 1012
 DRAIN_S = 5.0
 QUIET_S = 0.2
-INTERNAL_ERROR = 1011
-JSON = "application/json"
 Counted = Callable[[int], None]
 
 
@@ -99,10 +90,6 @@ class Call:
             self.future.exception()  # retrieved: a caller that left does not make it "unhandled"
 
 
-def _error(error: HandshakeError) -> tuple[int, str, bytes]:
-    return error.status, JSON, error.body()
-
-
 class Forwarder:
     def __init__(
         self,
@@ -128,13 +115,11 @@ class Forwarder:
         self._cids = itertools.count(1)
         self._pending: dict[int, Call] = {}
         self._relays: dict[str, Relay] = {}  # here: relay id -> the WebSocket we hold
-        self._carriers: dict[tuple[str, str], RelayCarrier] = {}  # owner side, by (node, id)
-        self._polls: dict[tuple[str, int], tuple[EngineSession, RemotePoll]] = {}
+        self.owned = OwnedSessions(self._send, registry)  # what other nodes ask of ours
         self._outbox: deque[tuple[str, bytes, Counted | None]] = deque()
         self._wake = asyncio.Event()
         self._publishing = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -273,129 +258,26 @@ class Forwarder:
             call.fail(ForwardError("the forwarding channel was lost"))
         for relay in list(self._relays.values()):
             relay.end(SERVICE_RESTART, "forwarding interrupted")
-        for carrier in list(self._carriers.values()):
-            carrier.lost()
-        for engine, _ in list(self._polls.values()):
-            engine.abort(ABNORMAL_CLOSURE, "forwarding interrupted")
-        self._polls.clear()
+        self.owned.lost()
 
     # --- messages -------------------------------------------------------------------------------
     def _on_message(self, data: bytes) -> None:
         head, _, body = data.partition(b"\n")
         try:
             header = orjson.loads(head)
-            handler = self._handlers[header["o"]]
+            handler = self._handler(str(header["o"]))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("socket.io forwarding: ignoring a malformed message")
             return
         try:
-            handler(self, header, body)
+            handler(header, body)
         except Exception:
             log.exception("socket.io forwarding: %s failed", header.get("o"))
-
-    def _answer(self, header: dict[str, Any], status: int, content_type: str, body: bytes) -> None:
-        self._send(
-            header["f"], {"o": "reply", "r": header["r"], "st": status, "t": content_type}, body
-        )
 
     def _on_reply(self, header: dict[str, Any], body: bytes) -> None:
         call = self._pending.pop(int(header["r"]), None)
         if call is not None and not call.future.done():
             call.future.set_result(Reply(int(header["st"]), str(header["t"]), body))
-
-    # the owner's side
-    def _local(self, header: dict[str, Any]) -> EngineSession | None:
-        return self.registry.get(str(header["s"]))
-
-    def _on_get(self, header: dict[str, Any], body: bytes) -> None:
-        engine = self._local(header)
-        if engine is None:
-            self._answer(header, *_error(UNKNOWN_SID))
-            return
-        poll = RemotePoll(self, header, engine)
-        key = (str(header["f"]), int(header["r"]))
-        self._polls[key] = (engine, poll)
-        try:
-            engine.poll(poll, str(header.get("p") or ""))
-        except SessionGone:
-            self._polls.pop(key, None)
-            self._answer(header, *_error(UNKNOWN_SID))
-        except RequestRefused as exc:
-            self._polls.pop(key, None)
-            self._answer(
-                header, *_error(HandshakeError(400, EngineErrorCode.BAD_REQUEST, str(exc)))
-            )
-
-    def _on_post(self, header: dict[str, Any], body: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._post(header, body))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _post(self, header: dict[str, Any], body: bytes) -> None:
-        engine = self._local(header)
-        if engine is None:
-            self._answer(header, *_error(UNKNOWN_SID))
-            return
-        try:
-            await engine.post(body.decode())
-        except UnicodeDecodeError:
-            error = HandshakeError(400, EngineErrorCode.BAD_REQUEST, "the body is not UTF-8 text")
-            self._answer(header, *_error(error))
-        except SessionGone:
-            self._answer(header, *_error(UNKNOWN_SID))
-        except RequestRefused as exc:
-            self._answer(
-                header, *_error(HandshakeError(400, EngineErrorCode.BAD_REQUEST, str(exc)))
-            )
-        else:
-            self._answer(header, 200, "text/html", b"ok")
-
-    def _on_cancel(self, header: dict[str, Any], body: bytes) -> None:
-        """A long-poll the other node no longer holds (it shuts down): forgotten, unanswered,
-        and the session goes on (the client's retry comes through another node)."""
-        entry = self._polls.pop((str(header["f"]), int(header["r"])), None)
-        if entry is not None:
-            entry[0].poll_cancelled(entry[1])
-
-    def _on_abort(self, header: dict[str, Any], body: bytes) -> None:
-        if "r" in header:
-            entry = self._polls.pop((str(header["f"]), int(header["r"])), None)
-            if entry is not None:
-                entry[0].poll_lost(entry[1])
-            return
-        engine = self._local(header)
-        if engine is not None:
-            engine.close(int(header.get("k") or ABNORMAL_CLOSURE), "forwarded request refused")
-
-    def _on_attach(self, header: dict[str, Any], body: bytes) -> None:
-        engine = self._local(header)
-        if engine is None:
-            self._answer(header, *_error(UNKNOWN_SID))
-            return
-        node, cid = str(header["f"]), str(header["c"])
-        carrier = RelayCarrier(self, node, cid, engine)
-        try:
-            engine.attach(carrier)
-        except RequestRefused as exc:
-            self._answer(
-                header, *_error(HandshakeError(400, EngineErrorCode.BAD_REQUEST, str(exc)))
-            )
-            return
-        self._carriers[(node, cid)] = carrier
-        self._answer(header, 200, JSON, b"{}")
-
-    def _on_in(self, header: dict[str, Any], body: bytes) -> None:
-        node, cid = str(header["f"]), str(header["c"])
-        carrier = self._carriers.get((node, cid))
-        if carrier is None:
-            self._send(node, {"o": "end", "c": cid, "k": INTERNAL_ERROR, "m": "no such session"})
-            return
-        carrier.received(int(header["q"]), body if header.get("b") else body.decode())
-
-    def _on_detach(self, header: dict[str, Any], body: bytes) -> None:
-        carrier = self._carriers.pop((str(header["f"]), str(header["c"])), None)
-        if carrier is not None:
-            carrier.engine.carrier_ended(carrier, int(header.get("k") or ABNORMAL_CLOSURE))
 
     def _on_alive(self, header: dict[str, Any], body: bytes) -> None:
         pass  # the answer is PUBLISH's count of receivers
@@ -415,94 +297,22 @@ class Forwarder:
                 abort=bool(header.get("a")),
             )
 
-    _handlers: dict[str, Callable[[Forwarder, dict[str, Any], bytes], None]] = {
-        "reply": _on_reply,
-        "get": _on_get,
-        "post": _on_post,
-        "abort": _on_abort,
-        "cancel": _on_cancel,
-        "attach": _on_attach,
-        "in": _on_in,
-        "detach": _on_detach,
-        "alive": _on_alive,
-        "out": _on_out,
-        "end": _on_end,
-    }
-
-
-class RemotePoll:
-    """The owner's side of a long-poll that another node holds."""
-
-    __slots__ = ("_engine", "_forwarder", "_header")
-
-    def __init__(self, forwarder: Forwarder, header: dict[str, Any], engine: EngineSession) -> None:
-        self._forwarder = forwarder
-        self._header = header
-        self._engine = engine
-
-    def answer(self, payload: bytes) -> None:
-        forwarder, header = self._forwarder, self._header
-        forwarder._polls.pop((str(header["f"]), int(header["r"])), None)
-        reply = {"o": "reply", "r": header["r"], "st": 200, "t": "text/plain"}
-        forwarder._send(str(header["f"]), reply, payload, self._counted)
-
-    def _counted(self, count: int) -> None:
-        if not count:  # the node holding the request is gone, and these packets with it
-            self._engine.abort(ABNORMAL_CLOSURE, "long-poll lost with its node")
-
-
-class RelayCarrier:
-    """The owner's side of a WebSocket another node holds: what the session sends goes there."""
-
-    __slots__ = ("_forwarder", "_seq_in", "_seq_out", "cid", "engine", "node")
-
-    def __init__(self, forwarder: Forwarder, node: str, cid: str, engine: EngineSession) -> None:
-        self._forwarder = forwarder
-        self.node = node
-        self.cid = cid
-        self.engine = engine
-        self._seq_in = 0
-        self._seq_out = 0
-
-    def send(self, packets: list[bytes]) -> None:
-        self._seq_out += 1
-        header = {"o": "out", "c": self.cid, "q": self._seq_out}
-        self._forwarder._send(self.node, header, encode_payload(packets), self._counted)
-
-    def buffer_size(self) -> int:
-        return 0  # the relaying node bounds its socket's buffer itself (4503)
-
-    def close(self, code: int, reason: str) -> None:
-        self._forget()
-        self._forwarder._send(self.node, {"o": "end", "c": self.cid, "k": code, "m": reason})
-
-    def abort(self, reason: str) -> None:
-        self._forget()
-        header = {"o": "end", "c": self.cid, "k": ABNORMAL_CLOSURE, "m": reason, "a": 1}
-        self._forwarder._send(self.node, header)
-
-    def received(self, seq: int, packet: str | bytes) -> None:
-        if seq != self._seq_in + 1:
-            log.warning(
-                "socket.io relay %s: frame %d after %d; closing", self.cid, seq, self._seq_in
-            )
-            self.lost()
-            return
-        self._seq_in = seq
-        self.engine.receive_from(self, packet)
-
-    def lost(self) -> None:
-        self._forget()
-        self.engine.carrier_ended(self, ABNORMAL_CLOSURE)
-        self._forwarder._send(self.node, {"o": "end", "c": self.cid, "k": SERVICE_RESTART, "a": 1})
-
-    def _counted(self, count: int) -> None:
-        if not count:
-            self._forget()
-            self.engine.carrier_ended(self, ABNORMAL_CLOSURE)
-
-    def _forget(self) -> None:
-        self._forwarder._carriers.pop((self.node, self.cid), None)
+    def _handler(self, op: str) -> Callable[[dict[str, Any], bytes], None]:
+        owned = self.owned
+        handlers: dict[str, Callable[[dict[str, Any], bytes], None]] = {
+            "reply": self._on_reply,
+            "out": self._on_out,
+            "end": self._on_end,
+            "alive": self._on_alive,
+            "get": owned.on_get,
+            "post": owned.on_post,
+            "abort": owned.on_abort,
+            "cancel": owned.on_cancel,
+            "attach": owned.on_attach,
+            "in": owned.on_in,
+            "detach": owned.on_detach,
+        }
+        return handlers[op]
 
 
 class Relay:
