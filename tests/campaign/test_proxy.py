@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.campaign.proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 
 
 @pytest.fixture

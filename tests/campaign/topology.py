@@ -19,7 +19,7 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from tests.campaign.cluster import ClusterRedis
-from tests.campaign.proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 from tests.support.processes import GatewayProcess, ManagedProcess, ProcessStartError, WorkerProcess
 from tests.support.redis_server import RedisServer
 

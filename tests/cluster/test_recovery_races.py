@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.publish import AsyncPublisher
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.fault_proxy import FaultProxy
 from tests.support.wsclient import WsClient
 
 ROOM = "service_41"
@@ -25,8 +25,9 @@ _frame_ids = itertools.count(10_000)
 
 
 @pytest.fixture
-async def proxy(redis_server: Any) -> AsyncIterator[TcpProxy]:
-    proxy = await TcpProxy("127.0.0.1", redis_server.port).start()
+async def proxy(redis_server: Any) -> AsyncIterator[FaultProxy]:
+    proxy = FaultProxy("node", redis_server.port)
+    await proxy.start()
     yield proxy
     await proxy.close()
 
@@ -118,7 +119,7 @@ class Follower:
 
 
 async def test_a_member_answering_rejoin_reads_history_only_once_resubscribed(
-    proxy: TcpProxy, publisher: AsyncPublisher, make_node: Any, http: Any
+    proxy: FaultProxy, publisher: AsyncPublisher, make_node: Any, http: Any
 ) -> None:
     """Issue 16 item 1. Before: the member's join read history at once, while the node's
     subscription was still down; event 3 came after that read and before the resubscription,
@@ -131,7 +132,7 @@ async def test_a_member_answering_rejoin_reads_history_only_once_resubscribed(
     follower = Follower(client, first["epoch"], 1)
     follower.seen.append((first["epoch"], 1))
 
-    await proxy.refuse(True)  # the node cannot resubscribe for a while
+    await proxy.unlisten()  # the node cannot resubscribe for a while
     assert proxy.cut(pubsub_only=True) == 1
     await publish(publisher, 2)
     # the join below answers the node's rejoins, if it sends them before resubscribing
@@ -140,7 +141,7 @@ async def test_a_member_answering_rejoin_reads_history_only_once_resubscribed(
     join = asyncio.create_task(client.join(ROOM, since=dict(follower.position)))
     await asyncio.sleep(0.5)  # the old code had answered by now, from history alone
     await publish(publisher, 3)
-    await proxy.refuse(False)
+    await proxy.listen()
     follower.joined(await join)
     await publish(publisher, 4)
     await follower.until(4)
@@ -149,7 +150,7 @@ async def test_a_member_answering_rejoin_reads_history_only_once_resubscribed(
 
 
 async def test_a_second_joiner_waits_for_the_subscription_in_flight(
-    proxy: TcpProxy, publisher: AsyncPublisher, make_node: Any, http: Any
+    proxy: FaultProxy, publisher: AsyncPublisher, make_node: Any, http: Any
 ) -> None:
     """Issue 16 item 2. Before: only the room's first local member waited for SUBSCRIBE; a
     second joiner with ``since`` read history while it was still in flight, and an event
@@ -160,13 +161,13 @@ async def test_a_second_joiner_waits_for_the_subscription_in_flight(
     epoch = (await second.join("service_other"))["epoch"]  # any room: learn nothing of ROOM
     assert epoch  # (the node's pub/sub connection is up)
 
-    proxy.stall()  # the SUBSCRIBE for ROOM waits in the proxy
+    proxy.stall(True, pubsub_only=True)  # the SUBSCRIBE for ROOM waits in the proxy
     first_join = asyncio.create_task(first.join(ROOM))
     await asyncio.sleep(0.2)
     second_join = asyncio.create_task(second.join(ROOM, since={"offset": 0, "epoch": "0"}))
     await asyncio.sleep(0.5)  # the old code had answered the second joiner by now
     await publish(publisher, 2)  # nobody is subscribed yet
-    proxy.resume()
+    proxy.stall(False, pubsub_only=True)
     await first_join
     answer = await second_join
     room_epoch = (await publisher_epoch(publisher))["epoch"]
@@ -184,7 +185,7 @@ async def publisher_epoch(publisher: AsyncPublisher) -> dict[str, Any]:
 
 
 async def test_an_event_recovered_in_missed_is_not_delivered_again_live(
-    proxy: TcpProxy, publisher: AsyncPublisher, make_node: Any, http: Any
+    proxy: FaultProxy, publisher: AsyncPublisher, make_node: Any, http: Any
 ) -> None:
     """Issue 16 item 3. History and live events travel on different connections: an event can
     be in a join's ``missed`` while its live copy is still on the way. Before: it was then
@@ -197,11 +198,11 @@ async def test_an_event_recovered_in_missed_is_not_delivered_again_live(
     follower = Follower(client, first["epoch"], 1)
     follower.seen.append((first["epoch"], 1))
 
-    proxy.stall()  # event 2's live copy waits in the proxy
+    proxy.stall(True, pubsub_only=True)  # event 2's live copy waits in the proxy
     await publish(publisher, 2)
     follower.joined(await client.join(ROOM, since=dict(follower.position)))
     assert follower.seen[-1] == (first["epoch"], 2)
-    proxy.resume()  # ... and arrives now
+    proxy.stall(False, pubsub_only=True)  # ... and arrives now
     await publish(publisher, 3)
     await follower.until(3)
     await follower.quiet()
@@ -268,6 +269,29 @@ def orjson_id(body: bytes) -> str:
     return str(orjson.loads(body)["id"])
 
 
+async def restart_from_an_older_copy(redis: Any, client: WsClient) -> str:
+    """Events 1-3, a saved RDB, events 4-6 (the client sees all six), then Redis killed and
+    started from the saved copy: it has the room at offset 3 of the epoch the client holds 6 of.
+    Returns that epoch."""
+    publisher = AsyncPublisher.from_url(redis.url)
+    try:
+        for n in (1, 2, 3):
+            await publish(publisher, n)
+        redis.admin().save()
+        saved = redis.directory / "older.rdb"
+        shutil.copy(redis.directory / "dump.rdb", saved)
+        for n in (4, 5, 6):
+            await publish(publisher, n)
+    finally:
+        await publisher.aclose()
+    seen = await client.events(6, room=ROOM)
+    assert [e["offset"] for e in seen] == [1, 2, 3, 4, 5, 6]
+    redis.kill()
+    shutil.copy(saved, redis.directory / "dump.rdb")
+    redis.start()
+    return str(seen[0]["epoch"])
+
+
 async def test_redis_restored_from_an_older_copy_moves_the_room_to_a_new_epoch(
     redis_factory: Any, make_node: Any, http: Any
 ) -> None:
@@ -278,24 +302,9 @@ async def test_redis_restored_from_an_older_copy_moves_the_room_to_a_new_epoch(
     node = await make_node(redis.url)
     client = await member(node, http)
     await client.join(ROOM)
+    epoch = await restart_from_an_older_copy(redis, client)
     publisher = AsyncPublisher.from_url(redis.url)
     try:
-        for n in (1, 2, 3):
-            await publish(publisher, n)
-        redis.admin().save()
-        saved = redis.directory / "older.rdb"
-        shutil.copy(redis.directory / "dump.rdb", saved)
-        for n in (4, 5, 6):
-            await publish(publisher, n)
-        seen = await client.events(6, room=ROOM)
-        epoch = seen[0]["epoch"]
-        assert [e["offset"] for e in seen] == [1, 2, 3, 4, 5, 6]
-
-        redis.kill()
-        shutil.copy(saved, redis.directory / "dump.rdb")
-        redis.start()
-        await publisher.aclose()
-        publisher = AsyncPublisher.from_url(redis.url)
         # a client answering its rejoin from (epoch, 6): Redis says (epoch, 3) — gone back
         await client.expect("rejoin", timeout=20)
         answer = await rejoin_until_answered(client, {"offset": 6, "epoch": epoch})
@@ -318,21 +327,9 @@ async def test_a_live_offset_given_twice_starts_a_new_epoch_and_is_not_delivered
     node = await make_node(redis.url)
     client = await member(node, http)
     await client.join(ROOM)
+    epoch = await restart_from_an_older_copy(redis, client)
     publisher = AsyncPublisher.from_url(redis.url)
     try:
-        for n in (1, 2, 3):
-            await publish(publisher, n)
-        redis.admin().save()
-        saved = redis.directory / "older.rdb"
-        shutil.copy(redis.directory / "dump.rdb", saved)
-        for n in (4, 5, 6):
-            await publish(publisher, n)
-        epoch = (await client.events(6, room=ROOM))[0]["epoch"]
-        redis.kill()
-        shutil.copy(saved, redis.directory / "dump.rdb")
-        redis.start()
-        await publisher.aclose()
-        publisher = AsyncPublisher.from_url(redis.url)
         # one event after the restart: Redis gives it offset 4 of the old epoch again. The node
         # sees it live (REUSED) or finds the room behind its mark when it checks after the lost
         # subscription: either way a new epoch, and the event is not delivered as (epoch, 4).

@@ -12,11 +12,13 @@ so a fault can hit one process's connections and leave the others alone:
   connection) — the interleaving exact recovery must survive;
 - ``cut(refuse_s)``: every open connection is aborted at once (both sides), and for ``refuse_s``
   new connections are accepted and closed at once (a partition that heals; also what a client
-  sees of a Redis that is down, as behind HAProxy or Envoy);
+  sees of a Redis that is down, as behind HAProxy or Envoy); ``pubsub_only=True`` aborts only
+  the pub/sub connections;
 - ``unlisten()`` / ``listen()``: the listening socket is closed, so connecting is refused
   (``ECONNREFUSED``, as from a Redis that is not running), then opened again on the same port.
 
-The proxy never interprets the bytes. It runs in the caller's event loop.
+The proxy never interprets the bytes beyond spotting a subscribe. It runs in the caller's event
+loop. The fault campaign (``tests/campaign``) and the recovery regression tests use it.
 """
 
 from __future__ import annotations
@@ -198,11 +200,11 @@ class FaultProxy:
     def pubsub_connections(self) -> int:
         return sum(pipe.pubsub for pipe in self._pipes)
 
-    def cut(self, refuse_s: float = 0.0) -> int:
-        """Abort every open connection; refuse new ones for ``refuse_s``. Returns how many
-        connections were cut."""
+    def cut(self, refuse_s: float = 0.0, *, pubsub_only: bool = False) -> int:
+        """Abort every open connection (or only the pub/sub ones); refuse new ones for
+        ``refuse_s``. Returns how many connections were cut."""
         self._refuse_until = time.monotonic() + refuse_s
-        pipes = list(self._pipes)
+        pipes = [pipe for pipe in self._pipes if pipe.pubsub or not pubsub_only]
         for pipe in pipes:
             pipe.abort()
         self.stats.cut += len(pipes)
