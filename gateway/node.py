@@ -124,6 +124,8 @@ class Node:
         self._moving: set[str] = set()  # rooms whose new epoch is being written
         self._background: set[asyncio.Task[None]] = set()
         self._awaiting_rejoin: dict[tuple[Session, str], None] = {}
+        # the sweep runs only while someone is awaited: an idle node schedules no timer for it
+        self._rejoin_sweep_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.accounting = Accounting(
             make_online_store(settings, backend),
@@ -164,7 +166,6 @@ class Node:
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._probe_loop(), name="django probe"),
-            asyncio.create_task(self._rejoin_deadline_loop(), name="rejoin deadlines"),
             asyncio.create_task(self.accounting.run(self._accounting_tick()), name="accounting"),
             asyncio.create_task(self.auth.follow_revocations(), name="revocations"),
         ]
@@ -173,6 +174,9 @@ class Node:
             self._tasks.append(asyncio.create_task(self._janitor_loop(), name="janitor"))
 
     async def stop(self) -> None:
+        if self._rejoin_sweep_timer is not None:
+            self._rejoin_sweep_timer.cancel()
+            self._rejoin_sweep_timer = None
         for task in (*self._tasks, *self._background):
             task.cancel()
         for task in self._tasks:
@@ -784,25 +788,31 @@ class Node:
                 if told:
                     continue
                 self._awaiting_rejoin[(session, room)] = None
+                self._schedule_rejoin_sweep()
                 self.metrics.rejoins.labels(reason).inc()
                 self.reply(session, "rejoin", {"room": room, "reason": reason}, None)
 
-    async def _rejoin_deadline_loop(self) -> None:
+    def _schedule_rejoin_sweep(self) -> None:
+        if self._rejoin_sweep_timer is None and self._awaiting_rejoin:
+            loop = asyncio.get_running_loop()
+            self._rejoin_sweep_timer = loop.call_later(REJOIN_SWEEP_S, self._sweep_rejoins)
+
+    def _sweep_rejoins(self) -> None:
         """Members that were told to rejoin and did not in time get what was held for them."""
-        while True:
-            await asyncio.sleep(REJOIN_SWEEP_S)
-            now = time.monotonic()
-            for key in list(self._awaiting_rejoin):
-                session, room = key
-                gate = session.pending.get(room) if session.pending is not None else None
-                if session.closed or gate is None or gate.deadline is None:
-                    del self._awaiting_rejoin[key]
-                elif now >= gate.deadline:
-                    del self._awaiting_rejoin[key]
-                    held = session.drop_gate(room)
-                    for pub in held:
-                        session.enqueue(session.transport.encode_publication(pub))
-                    self.receipts.sent(session, held)
+        self._rejoin_sweep_timer = None
+        now = time.monotonic()
+        for key in list(self._awaiting_rejoin):
+            session, room = key
+            gate = session.pending.get(room) if session.pending is not None else None
+            if session.closed or gate is None or gate.deadline is None:
+                del self._awaiting_rejoin[key]
+            elif now >= gate.deadline:
+                del self._awaiting_rejoin[key]
+                held = session.drop_gate(room)
+                for pub in held:
+                    session.enqueue(session.transport.encode_publication(pub))
+                self.receipts.sent(session, held)
+        self._schedule_rejoin_sweep()
 
     def on_control(self, message: ControlMessage) -> None:
         if message.action == "disconnect":

@@ -226,3 +226,38 @@ def test_publisher_and_nodes_agree_on_history_across_threads(redis_server: Any) 
     assert sorted(got) == list(range(1, 101))
     raw = redis_server.client().xrange(KEYS.room_history(room))
     assert [int(entry_id.split(b"-")[1]) for entry_id, _ in raw] == list(range(1, 101))
+
+
+async def test_a_member_that_never_answers_rejoin_gets_the_held_events_in_order(
+    redis_server: Any, make_node: Any, http: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gap holds the room's live events for a member told to rejoin. A client that never
+    answers (an old client, a stuck tab) is not held forever: after the hold it gets what was
+    held, live and in order, and the events after it too. The hold is shortened for the test;
+    the node's sweep runs only while someone is awaited (no timer on an idle node)."""
+    monkeypatch.setattr("gateway.node.REJOIN_HOLD_S", 2.0)
+    node = await make_node(redis_server.url)
+    room = "service_77"
+    client = await member(node, http, "cliente-1", room)
+    await api_publish(http, node.http_url, room, "t", {"seq": 0})
+    [first] = await client.events(1, room=room)
+    assert first["offset"] == 1
+    assert node.node._rejoin_sweep_timer is None  # idle: nothing scheduled
+    # offset 2 is skipped (as if its publish was lost between Redis and this node)
+    redis_server.client().hincrby(KEYS.room_meta(room), "offset", 1)
+    await api_publish(http, node.http_url, room, "t", {"seq": 1})  # offset 3: a gap
+    rejoin = await client.expect("rejoin")
+    assert rejoin["data"] == {"room": room, "reason": "gap"}
+    assert node.node._rejoin_sweep_timer is not None
+    await api_publish(http, node.http_url, room, "t", {"seq": 2})  # offset 4, held behind 3
+    await asyncio.sleep(0.5)
+    assert client.pending_events(room) == [], "held events must wait for the rejoin"
+    # the client never answers: after the hold, 3 then 4, live, once each
+    held = await client.events(2, room=room, timeout=10.0)
+    assert offsets(held) == [3, 4] and seqs(held) == [1, 2]
+    await api_publish(http, node.http_url, room, "t", {"seq": 3})
+    [after] = await client.events(1, room=room)
+    assert after["offset"] == 5
+    await assert_quiet([client], room)
+    await asyncio.sleep(1.5)  # the sweep that found nobody left does not reschedule itself
+    assert node.node._rejoin_sweep_timer is None
