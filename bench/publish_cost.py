@@ -6,10 +6,11 @@ log flushed once per 100 or per 1,000 events (what one process's ``FLUSH_S`` gat
     python -m bench.publish_cost [--rooms 2000] [--events 20000] [--repeat 3]
 
 Starts a private redis-server, publishes ``--events`` events round-robin over ``--rooms`` rooms
-(pipelined, 100 per round trip, no subscribers, rooms warmed by one publish each first) per
-variant, and reads Redis's own accounting: ``INFO commandstats`` (calls, commands run inside
-scripts included) and ``used_cpu_user + used_cpu_sys``. Medians of ``--repeat`` runs; variants
-interleaved. Figures in docs/benchmarks.md ("Publishing to many rooms").
+(pipelined, 100 per round trip, no subscribers; per variant an emptied Redis whose rooms are
+warmed by one publish each first), and reads Redis's own accounting: ``INFO commandstats``
+(calls, commands run inside scripts included) and ``used_cpu_user + used_cpu_sys``. Medians of
+``--repeat`` runs; variants interleaved, in a rotated order each run. Figures in
+docs/benchmarks.md ("Publishing to many rooms").
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ BODY = b'{"seq":1,"t":1733333333333333,"pad":"' + b"x" * 90 + b'"}'
 
 # variant -> what build_calls' arguments are changed to (ARGV index from 0)
 VARIANTS: dict[str, dict[int, Any]] = {
+    "previous release: summary written by the script, per publish": {},
     "full": {},
     "full + event log per 1,000 events": {},
     "full + event log per 100 events": {},
@@ -62,6 +64,33 @@ def no_ttl_script() -> scripts.LuaScript:
     return scripts.LuaScript("publish_no_ttl", source, hashlib.sha1(source.encode()).hexdigest())
 
 
+PREVIOUS = "previous release: summary written by the script, per publish"
+SUMMARY_LUA = """if ARGV[13] == "1" then
+  redis.call("XADD", KEYS[4], "MAXLEN", "~", 1000, "*", "room", ARGV[17], "type", ARGV[14],
+             "id", ARGV[10], "ts", ARGV[15], "source", ARGV[16])
+  if redis.call("HINCRBY", KEYS[5], ARGV[14], 1) == 1 then
+    redis.call("EXPIRE", KEYS[5], 7200)
+  end
+end
+"""
+
+
+def previous_script() -> scripts.LuaScript:
+    """The publish script as the release before the event log had it: the dashboard's summary
+    (``XADD {g}:events``, ``HINCRBY {g}:epm:<minute>``) written inline, per publish."""
+    source = scripts.load(scripts.PUBLISH).source
+    anchor = 'if ARGV[11] and ARGV[11] ~= "" then'
+    assert anchor in source
+    source = source.replace(anchor, SUMMARY_LUA + anchor)
+    return scripts.LuaScript("publish_previous", source, hashlib.sha1(source.encode()).hexdigest())
+
+
+def previous_call(keys: Keys, call: Call) -> tuple[list[str], list[Any]]:
+    call_keys, args, (room, type_, _, ts, source, _) = call
+    extra_keys = [keys.events, keys.events_minute(ts // 60000)]
+    return [*call_keys, *extra_keys], [*args, "", "", "1", type_, ts, source, room]
+
+
 Call = tuple[list[str], list[Any], tuple[str, str, str, int, str, int]]
 
 
@@ -81,7 +110,9 @@ def cpu_us(admin: Any) -> float:
 
 
 def run_variant(admin: Any, keys: Keys, name: str, calls: list[Call]) -> dict[str, Any]:
-    script = no_ttl_script() if name == NO_TTL else scripts.load(scripts.PUBLISH)
+    script = {NO_TTL: no_ttl_script, PREVIOUS: previous_script}.get(
+        name, lambda: scripts.load(scripts.PUBLISH)
+    )()
     flush_script = scripts.load(scripts.EVENT_LOG)
     flush_every = FLUSH_EVERY.get(name, 0)
     pending = event_log.Pending()
@@ -96,6 +127,8 @@ def run_variant(admin: Any, keys: Keys, name: str, calls: list[Call]) -> dict[st
                 pipe.execute_command("PUBLISH", args[0], args[1])
                 continue
             args = [changes.get(j, a) for j, a in enumerate(args)]
+            if name == PREVIOUS:
+                call_keys, args = previous_call(keys, (call_keys, args, summary))
             pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
             if flush_every:
                 pending.add(*summary)
@@ -137,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         admin.script_load(scripts.load(scripts.PUBLISH).source)
         admin.script_load(scripts.load(scripts.EVENT_LOG).source)
         admin.script_load(no_ttl_script().source)
+        admin.script_load(previous_script().source)
         names = [*VARIANTS, "bare PUBLISH"]
         for rep in range(args.repeat):
             rooms = [f"cliente_{rep}_{i}" for i in range(args.rooms)]
-            run_variant(admin, keys, "full", calls_for(keys, rooms, args.rooms))  # rooms exist
-            for name in names:
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                # every variant from the same state (the keyspace's growth and rehashing
+                # otherwise land on whichever variant runs when a table doubles)
+                admin.flushall()
+                run_variant(admin, keys, "full", calls_for(keys, rooms, args.rooms))  # warm
                 calls = calls_for(keys, rooms, args.events)  # fresh event ids
                 results.setdefault(name, []).append(run_variant(admin, keys, name, calls))
     finally:

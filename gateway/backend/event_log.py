@@ -5,12 +5,17 @@ type) used to be written by the publish script itself: two more writes per publi
 ``{g}`` slot, so on a Redis Cluster a second round trip per publish to one master and ~20 % of the
 script's Redis CPU (docs/benchmarks.md, "Publishing to many rooms"). Now each publishing process
 (node, worker, Django's ``Publisher`` and ``AsyncPublisher``) keeps what it published since its
-last flush — counts per minute and type, and its newest ``LOG_SIZE`` summaries — and writes them
+last flush — counts per minute and type, and its newest ``PER_FLUSH`` summaries — and writes them
 in one script call (``lua/event_log.lua``) at most every ``FLUSH_S``:
 
 - staleness: an event shows on the dashboard (events list and counters) up to ``FLUSH_S`` (plus
   one round trip) after its publish; the events list stays ordered by publish time (the log is a
   sorted set keyed by the publish timestamp), whatever order the processes flush in;
+- the counters count every event; the list (``LOG_SIZE`` newest) lists every event as long as a
+  process publishes at most ``PER_FLUSH`` per ``FLUSH_S``; above that it lists the newest
+  ``PER_FLUSH`` of each second of each process: a sample, where the capped stream it replaces
+  held only the last ~1,000 (an eighth of a second at 8,000 publishes/s). Writing every summary
+  into a sorted set would cost Redis about what the per-publish writes did (docs/benchmarks.md);
 - a flush that fails (Redis away) is retried as it was, with the same mark, so a flush that
   reached Redis before its answer was lost is not counted twice; what was published meanwhile
   waits for the next one;
@@ -46,7 +51,8 @@ from gateway.backend.keys import Keys
 log = logging.getLogger("gateway.events")
 
 FLUSH_S = 1.0
-LOG_SIZE = 1000  # summaries the log keeps (and so at most this many per flush)
+LOG_SIZE = 1000  # summaries the log keeps
+PER_FLUSH = 100  # summaries one process writes per flush at most: its newest
 MARK_TTL_S = 600  # how long a flush's mark is remembered (a retry later than that counts again)
 MAX_COUNTERS = 10_000  # (minute, type) pairs held while Redis is away; the oldest go first
 US_DIGITS = 16
@@ -112,7 +118,7 @@ class Flush:
 class Pending:
     """What one process published since its last flush (not thread-safe: callers lock)."""
 
-    members: deque[bytes] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
+    members: deque[bytes] = field(default_factory=lambda: deque(maxlen=PER_FLUSH))
     counts: dict[tuple[int, str], int] = field(default_factory=dict)
     seq: Any = field(default_factory=itertools.count)
 

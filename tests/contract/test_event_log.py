@@ -71,8 +71,12 @@ async def test_publishes_write_no_summary_each_and_one_flush_per_interval(
         assert 1 <= flushes <= 1 + int(waited / event_log.FLUSH_S)
         assert after["zadd"] == flushes  # one ZADD of all the summaries per flush
         items, series = await listed(redis_server)
-        assert {item["id"] for item in items} >= {r.event_id for r in results}
-        assert sum(series) == 301
+        assert sum(series) == 301  # every event counted
+        # listed: the warm-up event, then each flush's newest PER_FLUSH
+        ids = [item["id"] for item in items]
+        assert 1 + event_log.PER_FLUSH <= len(ids) <= min(301, 1 + flushes * event_log.PER_FLUSH)
+        assert set(ids[:-1]) <= {r.event_id for r in results}
+        assert ids[0] == results[-1].event_id
     finally:
         await publisher.aclose()
 
@@ -124,27 +128,35 @@ async def test_same_millisecond_events_of_one_process_keep_their_order(
 async def test_a_retried_flush_counts_once_and_the_log_keeps_its_newest_entries(
     redis_server: RedisServer,
 ) -> None:
-    pending = Pending()
-    ts = now_ms()
-    for i in range(event_log.LOG_SIZE + 50):
-        pending.add(f"cliente_{i % 7}", "a" if i % 2 else "b", f"ev{i}", ts + i, "api")
-    flush = pending.take()
-    assert flush is not None
-    assert len(flush.members) == event_log.LOG_SIZE  # a flush holds at most what the log keeps
     script = scripts.load(scripts.EVENT_LOG)
     client = Redis.from_url(redis_server.url)
+    ts = now_ms()
+    flushes = event_log.LOG_SIZE // event_log.PER_FLUSH + 2
+    per_flush = event_log.PER_FLUSH + 30  # more than a flush carries
     try:
-        call_keys, args = flush.call(KEYS)
-        assert await script.run(client, call_keys, args) == 1
-        assert await script.run(client, call_keys, args) == 0  # the same flush again: a no-op
+        for f in range(flushes):
+            pending = Pending()
+            for i in range(f * per_flush, (f + 1) * per_flush):
+                pending.add(f"cliente_{i % 7}", "a" if i % 2 else "b", f"ev{i}", ts + i, "api")
+            flush = pending.take()
+            assert flush is not None
+            assert len(flush.members) == event_log.PER_FLUSH  # its newest
+            assert flush.events == per_flush  # but counts all
+            call_keys, args = flush.call(KEYS)
+            assert await script.run(client, call_keys, args) == 1
+            assert await script.run(client, call_keys, args) == 0  # the same flush again: no-op
         assert await client.ttl(KEYS.events_flush(flush.mark)) > 0
     finally:
         await client.aclose()
     items, series = await listed(redis_server)
-    assert sum(series) == event_log.LOG_SIZE + 50
+    assert sum(series) == flushes * per_flush
     assert len(items) == event_log.LOG_SIZE
-    assert items[0]["id"] == f"ev{event_log.LOG_SIZE + 49}"
-    assert items[-1]["id"] == "ev50"
+    newest = [
+        i
+        for f in reversed(range(flushes))
+        for i in reversed(range((f + 1) * per_flush - event_log.PER_FLUSH, (f + 1) * per_flush))
+    ]
+    assert [item["id"] for item in items] == [f"ev{i}" for i in newest[: event_log.LOG_SIZE]]
 
 
 async def test_a_failed_flush_is_sent_again_as_it_was(redis_server: RedisServer) -> None:
