@@ -66,10 +66,12 @@ async def publish_batch(
         plans.append((event, calls))
     flat = [call for _, calls in plans for call in calls]
     results = await (_execute_cluster if sharded else _execute)(client, flat)
+    # the dashboard's summary (written once per interval) of what was published, before a
+    # retry of the batch: the calls that ran are duplicates then, and not counted again
+    event_log.record(flat, results)
     for result in results:
         if isinstance(result, Exception) and is_transient(result):
             raise result  # e.g. OOM or a failover: retry the whole batch later (idempotent)
-    event_log.record(flat, results)  # the dashboard's summary, written once per interval
     outcome = BatchOutcome()
     i = 0
     for event, calls in plans:
