@@ -6,7 +6,11 @@ flush that failed is sent again as it was, and closing a publisher writes what i
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,3 +218,23 @@ async def test_the_sync_publisher_flushes_on_its_own_and_on_close(
     items, series = await listed(redis_server)
     assert [i["type"] for i in items] == ["closing", "closing", "timer"]
     assert sum(series) == 3
+
+
+def test_a_django_process_that_exits_without_closing_writes_its_summaries(
+    redis_server: RedisServer,
+) -> None:
+    code = (
+        "import sys\n"
+        "from gateway.publish import Publisher\n"
+        "Publisher.from_url(sys.argv[1]).publish('cliente_9', 'at_exit', {})\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", code, redis_server.url], env=env, capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < event_log.FLUSH_S + 10
+    entries = redis_server.admin().zrange(KEYS.events_log, 0, -1)
+    assert [event_log.summary(e)["type"] for e in entries] == ["at_exit"]
