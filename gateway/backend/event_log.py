@@ -19,6 +19,9 @@ in one script call (``lua/event_log.lua``) at most every ``FLUSH_S``:
 - a flush that fails (Redis away) is retried as it was, with the same mark, so a flush that
   reached Redis before its answer was lost is not counted twice; what was published meanwhile
   waits for the next one;
+- an idempotent repeat is not summarised again; so an event whose first publish ran but whose
+  answer was lost (a timeout retried by redis-py or by the caller with the same event id) is
+  delivered and in history but not counted, as in Cluster mode before;
 - a process that closes its publisher (``close``/``aclose``, a node's or worker's shutdown, and
   ``atexit`` for the sync ``Publisher``) flushes what it holds; one that is killed loses at most
   its last ``FLUSH_S`` of summaries (the events themselves are delivered and in history: only the
