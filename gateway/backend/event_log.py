@@ -158,11 +158,12 @@ def record(pending: Pending, calls: Sequence[Any], results: Sequence[Any]) -> in
     return added
 
 
-def _lost(flush: Flush, exc: BaseException) -> None:
+def _lost(retry: Flush | None, pending: Pending, exc: BaseException) -> None:
+    events = (retry.events if retry is not None else 0) + sum(pending.counts.values())
     log.warning(
         "dashboard summary of %d events not written (%s): they are delivered and in history, "
         "but missing from /dashboard/events and eventsPerMinute",
-        flush.events,
+        events,
         exc,
     )
 
@@ -218,9 +219,8 @@ class AsyncEventLog:
         try:
             await self.flush()
         except Exception as exc:
-            if self._retry is not None:
-                _lost(self._retry, exc)
-            self._retry = None
+            _lost(self._retry, self.pending, exc)
+            self._retry, self.pending = None, Pending()
 
 
 class SyncEventLog:
@@ -289,9 +289,9 @@ class SyncEventLog:
         try:
             self.flush()
         except Exception as exc:
-            if self._retry is not None:
-                _lost(self._retry, exc)
-            self._retry = None
+            with self._lock:
+                _lost(self._retry, self.pending, exc)
+                self._retry, self.pending = None, Pending()
         _at_exit.discard(self)
 
 

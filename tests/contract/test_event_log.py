@@ -6,6 +6,7 @@ flush that failed is sent again as it was, and closing a publisher writes what i
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -238,3 +239,21 @@ def test_a_django_process_that_exits_without_closing_writes_its_summaries(
     assert time.monotonic() - started < event_log.FLUSH_S + 10
     entries = redis_server.admin().zrange(KEYS.events_log, 0, -1)
     assert [event_log.summary(e)["type"] for e in entries] == ["at_exit"]
+
+
+async def test_a_publisher_closing_while_redis_is_away_says_what_it_could_not_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    away = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    log = AsyncEventLog(away, KEYS)
+    ts = now_ms()
+    log.pending.add("cliente_1", "t", "ev1", ts, "api")
+    log.pending.add("cliente_2", "t", "ev2", ts, "api")
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.events"):
+            await log.aclose()
+    finally:
+        await away.aclose()
+    [warning] = [r for r in caplog.records if r.name == "gateway.events"]
+    assert warning.levelno == logging.WARNING
+    assert "dashboard summary of 2 events not written" in warning.getMessage()
