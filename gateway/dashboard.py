@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 FEED_STATS_S = 2.0
 FEED_EVENTS_S = 1.0
+FEED_REMEMBERED = 1000  # events the feed remembers having sent
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -260,7 +262,7 @@ def add_routes(app: web.Application, node: Node, token_of: Callable[[], str]) ->
 
 async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
     """Stats every 2 s and each new event of the cluster's event log, newest last."""
-    last_event_key: tuple[int, str] | None = None
+    sent: dict[tuple[str, str], None] = {}  # (id, room) of the events sent lately, oldest first
     next_stats = 0.0
     tracker = presence.ReceiptTracker()
     while not ws.closed:
@@ -270,17 +272,14 @@ async def _push_feed(ws: web.WebSocketResponse, node: Node) -> None:
                 stats = await cluster_stats(node)
                 await ws.send_str(orjson.dumps({"type": "stats", "data": stats}).decode())
             page = await node.backend.recent_events(100, None)
-            fresh = []
-            for item in page.items:  # newest first
-                key = (int(item["ts"]), str(item["id"]) + str(item["room"]))
-                if last_event_key is not None and key <= last_event_key:
-                    break
-                fresh.append(item)
-            if page.items:
-                top = page.items[0]
-                last_event_key = max(
-                    last_event_key or (0, ""), (int(top["ts"]), str(top["id"]) + str(top["room"]))
-                )
+            # Newest first, by publish time; each process flushes its summaries once a second
+            # (backend/event_log.py), so an event can land below one sent already: what is new
+            # is what was not sent, not what is newer than the last one sent.
+            fresh = [i for i in page.items if (str(i["id"]), str(i["room"])) not in sent]
+            for item in reversed(fresh):
+                sent[(str(item["id"]), str(item["room"]))] = None
+            for key in list(itertools.islice(sent, max(0, len(sent) - FEED_REMEMBERED))):
+                del sent[key]
             fresh = await presence.with_receipts(node, fresh)
             for update in await tracker.changes(node):  # receipts of events already sent
                 await ws.send_str(orjson.dumps({"type": "receipts", "data": update}).decode())

@@ -22,6 +22,7 @@ from gateway.auth.revoke import revocation_ttl_from_env, revoke_async, revoke_sy
 from gateway.backend import redis_publish, redis_receipts
 from gateway.backend.base import PublishResult
 from gateway.backend.clients import async_client, kind_of, sync_client
+from gateway.backend.event_log import AsyncEventLog, SyncEventLog
 from gateway.backend.keys import Keys
 from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
 from gateway.backend.receipts import answer as receipts_answer
@@ -96,6 +97,7 @@ P = TypeVar("P", bound="_Base")
 
 class _Base:
     _make_client: Any  # clients.sync_client or clients.async_client
+    _make_event_log: Any  # event_log.SyncEventLog or event_log.AsyncEventLog
 
     @classmethod
     def from_url(
@@ -135,6 +137,7 @@ class _Base:
         self.history = history
         self.cluster = cluster
         self.revocation_ttl_s = revocation_ttl_s or revocation_ttl_from_env()
+        self.event_log = self._make_event_log(client, self.keys)  # the dashboard's summaries
 
     def _calls(
         self,
@@ -170,6 +173,7 @@ class Publisher(_Base):
     """Synchronous publisher for Django views, signals and management commands."""
 
     _make_client = staticmethod(sync_client)
+    _make_event_log = SyncEventLog
 
     def publish(
         self,
@@ -201,7 +205,7 @@ class Publisher(_Base):
     ) -> PublishResult:
         """Publish one event (one id) to several rooms in one round trip (two with receipts)."""
         event_id, calls = self._calls(rooms, type, payload, idempotency_key, event_id, receipts)
-        result = redis_publish.run_sync(self.client, self.keys, event_id, calls, self.cluster)
+        result = redis_publish.run_sync(self.client, self.event_log, event_id, calls, self.cluster)
         if receipts:
             redis_receipts.write_index_sync(
                 self.client, self.keys, result.event_id, result.offsets, self.history.ttl_s
@@ -237,6 +241,8 @@ class Publisher(_Base):
         return {u: status_of(h, now).as_dict() for u, h in zip(ids, pipe.execute(), strict=True)}
 
     def close(self) -> None:
+        """Writes the dashboard's summary of what was published (also done at exit)."""
+        self.event_log.close()
         self.client.close()
         close_sentinels(self.client)
 
@@ -245,6 +251,7 @@ class AsyncPublisher(_Base):
     """The same for asyncio code (ASGI views, async tasks)."""
 
     _make_client = staticmethod(async_client)
+    _make_event_log = AsyncEventLog
     _batcher: Any = None  # group commit of concurrent publishes, made on first use
 
     async def publish(
@@ -277,7 +284,7 @@ class AsyncPublisher(_Base):
         if self._batcher is None and not self.cluster:
             self._batcher = _group_commit(self.client)
         result = await redis_publish.run_async(
-            self.client, self.keys, event_id, calls, self.cluster, self._batcher
+            self.client, self.event_log, event_id, calls, self.cluster, self._batcher
         )
         if receipts:
             await redis_receipts.write_index_async(
@@ -301,6 +308,9 @@ class AsyncPublisher(_Base):
         return {user_id: status.as_dict() for user_id, status in statuses.items()}
 
     async def aclose(self) -> None:
+        """Writes the dashboard's summary of what was published, then closes: call it when
+        done (a publisher dropped without it loses its last second of dashboard summaries)."""
+        await self.event_log.aclose()
         if self._batcher is not None:
             await self._batcher.aclose()
         await self.client.aclose()

@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.backend import redis_publish, redis_receipts, scripts
+from gateway.backend.event_log import AsyncEventLog
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy, PublishCall
 from worker.entries import IngestEvent
@@ -46,6 +47,7 @@ async def publish_batch(
     events: Sequence[IngestEvent],
     *,
     sharded: bool,
+    event_log: AsyncEventLog,
 ) -> BatchOutcome:
     plans: list[tuple[IngestEvent, list[PublishCall]]] = []
     for event in events:
@@ -63,11 +65,10 @@ async def publish_batch(
         )
         plans.append((event, calls))
     flat = [call for _, calls in plans for call in calls]
-    if sharded:
-        results = await _execute_cluster(client, flat)
-        await _record_dashboard(client, keys, flat, results)
-    else:
-        results = await _execute(client, flat)
+    results = await (_execute_cluster if sharded else _execute)(client, flat)
+    # the dashboard's summary (written once per interval) of what was published, before a
+    # retry of the batch: the calls that ran are duplicates then, and not counted again
+    event_log.record(flat, results)
     for result in results:
         if isinstance(result, Exception) and is_transient(result):
             raise result  # e.g. OOM or a failover: retry the whole batch later (idempotent)
@@ -147,16 +148,3 @@ async def _execute_cluster(client: Any, calls: list[PublishCall]) -> list[Any]:
         if isinstance(outcome, BaseException):
             raise outcome  # a connection error: the batch is retried (idempotent)
     return results
-
-
-async def _record_dashboard(
-    client: Any, keys: Keys, calls: list[PublishCall], results: list[Any]
-) -> None:
-    """Cluster mode: the dashboard bookkeeping lives in another slot than the rooms, so it is
-    written in a second pipeline, for the calls that published something new."""
-    done = [(c, r) for c, r in zip(calls, results, strict=True) if not isinstance(r, Exception)]
-    if not done:
-        return
-    pipe = client.pipeline(transaction=False)
-    if redis_publish.record_summaries(pipe, keys, [c for c, _ in done], [r for _, r in done]):
-        await pipe.execute()

@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from gateway.backend.base import IDEMPOTENCY_TTL_S
+from gateway.backend.event_log import AsyncEventLog
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.config import Settings
@@ -97,6 +98,7 @@ class IngestConsumer:
         self._group_ready = False
         self._next_claim = 0.0
         self._outage_since: float | None = None
+        self.event_log = AsyncEventLog(client, self.keys)  # the dashboard's summaries
 
     # --- the loop -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -205,7 +207,12 @@ class IngestConsumer:
 
     async def _publish(self, events: list[IngestEvent]) -> BatchOutcome:
         return await publish_batch(
-            self.client, self.keys, self.policy, events, sharded=self.sharded
+            self.client,
+            self.keys,
+            self.policy,
+            events,
+            sharded=self.sharded,
+            event_log=self.event_log,
         )
 
     async def _give_up(

@@ -89,6 +89,7 @@ class Worker:
                 log.warning("%s did not finish within %gs; cancelling it", task.get_name(), grace_s)
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ingest.event_log.aclose()  # the dashboard's summary of what was ingested
         if self._runner is not None:
             await self._runner.cleanup()
         with contextlib.suppress(Exception):

@@ -1,6 +1,7 @@
 """Events-per-minute rollups for consumers that want one key instead of 60.
 
-The publish script counts every event in a per-minute hash (``epm:<minute>``: type -> count).
+Every event is counted in a per-minute hash (``epm:<minute>``: type -> count) by the event log
+of the process that published it (gateway/backend/event_log.py, flushed once a second).
 Nodes read those hashes directly for ``/dashboard/stats``; the worker additionally folds the
 last 60 minutes into ``epm:series`` (minute -> total) and ``epm:series:types`` (type -> total
 over the window), trimming minutes that left the window. The fold writes absolute values

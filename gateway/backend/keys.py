@@ -99,8 +99,19 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """stream of event summaries for the dashboard, capped."""
+        """stream of event summaries for the dashboard, capped: written by the publish script
+        of releases before the event log (read by their dashboards only; see ``events_log``)."""
         return f"{self.prefix}:{{g}}:events"
+
+    @property
+    def events_log(self) -> str:
+        """sorted set (all scores 0) of the recent events' summaries, ordered by publish time,
+        capped; written once per interval by each publishing process (backend/event_log.py)."""
+        return f"{self.prefix}:{{g}}:events:log"
+
+    def events_flush(self, mark: str) -> str:
+        """string: one event-log flush was applied (a retried flush is applied once); short TTL."""
+        return f"{self.prefix}:{{g}}:events:flush:{mark}"
 
     def events_minute(self, minute: int) -> str:
         """hash type -> count for one minute (epoch minutes); TTL 2 h."""

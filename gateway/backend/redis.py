@@ -37,6 +37,7 @@ from gateway.backend.base import (
 )
 from gateway.backend.clients import async_client, kind_of
 from gateway.backend.endpoint import Endpoint
+from gateway.backend.event_log import AsyncEventLog
 from gateway.backend.keys import Keys
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.redis_state import RedisState
@@ -105,6 +106,7 @@ class RedisBackend:
         self.history = history or HistoryPolicy()
         self.client = client or make_client(url, cluster=cluster)
         self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s, cluster=cluster)
+        self.event_log = AsyncEventLog(self.client, self.keys)  # the dashboard's summaries
         self.subscriptions = Subscriptions(
             make_topology(url, self.kind, self.client),
             sharded=cluster,
@@ -152,6 +154,7 @@ class RedisBackend:
         for handle in self._pending_unsub.values():
             handle.cancel()
         await self.subscriptions.close()
+        await self.event_log.aclose()
         await self.state.batch.aclose()
         await self.client.aclose()
         await aclose_sentinels(self.client)
@@ -289,7 +292,7 @@ class RedisBackend:
             receipts=receipts,
         )
         return await redis_publish.run_async(
-            self.client, self.keys, event_id, calls, self.cluster, self.state.batch
+            self.client, self.event_log, event_id, calls, self.cluster, self.state.batch
         )
 
     def _history_call(

@@ -1,12 +1,15 @@
 """The atomic publish on Redis, shared by nodes, the worker and Django's ``Publisher``.
 
 On a single Redis one pipeline carries one script call per room (one round trip for any number of
-rooms); in Cluster mode each room's call goes to its own master. Each call is atomic for its room.
-Imports no aiohttp; works with sync and asyncio redis clients alike.
+rooms); in Cluster mode each room's call goes to its own master. Each call is atomic for its room,
+and touches only its room's slot: the dashboard's summary of the event goes to the caller's event
+log (``gateway.backend.event_log``), written once per interval. Imports no aiohttp; works with sync
+and asyncio redis clients alike.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +22,9 @@ from gateway.backend.base import (
     IDEMPOTENCY_TTL_S,
     PublishResult,
 )
+from gateway.backend.event_log import AsyncEventLog, SyncEventLog
 from gateway.backend.keys import Keys
-from gateway.events import build_body, new_epoch, new_event_id, now_ms
+from gateway.events import build_body, new_epoch, new_event_id
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -39,7 +43,7 @@ class PublishCall:
     room: str
     keys: list[str]
     args: list[Any]
-    summary: tuple[str, str, str, int, str]  # room, type, id, ts, source
+    summary: tuple[str, str, str, int, str, int]  # room, type, id, ts (ms), source, ts (µs)
 
 
 def build_calls(
@@ -63,9 +67,9 @@ def build_calls(
     caller_ttl = policy.idempotency_ttl_s
     dedupe_ttl = caller_ttl if event_id or idempotency_key else GENERATED_EVENT_DEDUPE_TTL_S
     event_id = event_id or new_event_id()
-    ts = now_ms()
+    at_us = time.time_ns() // 1000
+    ts = at_us // 1000
     epoch = new_epoch()
-    record_inline = "0" if sharded else "1"
     calls = []
     for room in rooms:
         body = build_body(room, type_, payload_json, event_id, ts, source, receipts)
@@ -74,13 +78,7 @@ def build_calls(
             if idempotency_key
             else keys.room_event(room, event_id)
         )
-        call_keys = [
-            keys.room_meta(room),
-            keys.room_history(room),
-            dedupe,
-            keys.events,
-            keys.events_minute(ts // 60000),
-        ]
+        call_keys = [keys.room_meta(room), keys.room_history(room), dedupe]
         args: list[Any] = [
             keys.room_channel(room),
             body,
@@ -92,17 +90,10 @@ def build_calls(
             dedupe_ttl,
             "SPUBLISH" if sharded else "PUBLISH",
             event_id,
-            record_inline,
-            type_,
-            ts,
-            source,
-            room,
         ]
         if receipts:  # appended: publishes without receipts pass exactly what they did
             args += [policy.ttl_s, keys.receipts(room, event_id)]
-        if sharded:
-            call_keys = call_keys[:3]
-        calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source)))
+        calls.append(PublishCall(room, call_keys, args, (room, type_, event_id, ts, source, at_us)))
     return event_id, calls
 
 
@@ -110,25 +101,6 @@ def _queue(pipe: Any, calls: list[PublishCall]) -> None:
     script = scripts.load(scripts.PUBLISH)
     for call in calls:
         pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
-
-
-def record_summaries(pipe: Any, keys: Keys, calls: list[PublishCall], results: list[Any]) -> bool:
-    """Cluster mode: dashboard bookkeeping in a second pipeline (another slot)."""
-    queued = False
-    for call, result in zip(calls, results, strict=True):
-        if int(result[2]):
-            continue  # idempotent repeat: already counted
-        room, type_, event_id, ts, source = call.summary
-        pipe.xadd(
-            keys.events,
-            {"room": room, "type": type_, "id": event_id, "ts": ts, "source": source},
-            maxlen=1000,
-            approximate=True,
-        )
-        pipe.hincrby(keys.events_minute(ts // 60000), type_, 1)
-        pipe.expire(keys.events_minute(ts // 60000), 7200)
-        queued = True
-    return queued
 
 
 def _result(event_id: str, calls: list[PublishCall], results: list[Any]) -> PublishResult:
@@ -154,7 +126,7 @@ def _needs_reload(results: list[Any]) -> bool:
 
 async def run_async(
     client: Any,
-    keys: Keys,
+    event_log: AsyncEventLog,
     event_id: str,
     calls: list[PublishCall],
     sharded: bool,
@@ -166,16 +138,16 @@ async def run_async(
     if not sharded:
         if batcher is not None:
             results = await batcher.run(lambda buffer: _queue(buffer, calls))
-            return _result(event_id, calls, results)
-        return _result(event_id, calls, await _execute_async(client, calls))
-    # Cluster: redis-py refuses EVALSHA in a cluster pipeline, so one call per room, each routed
-    # to its slot's master (a call touches only its room's slot: still atomic per room).
-    script = scripts.load(scripts.PUBLISH)
-    results = [await script.run(client, call.keys, call.args) for call in calls]
-    pipe = client.pipeline(transaction=False)
-    if record_summaries(pipe, keys, calls, results):
-        await pipe.execute()
-    return _result(event_id, calls, results)
+        else:
+            results = await _execute_async(client, calls)
+    else:
+        # Cluster: redis-py refuses EVALSHA in a cluster pipeline, so one call per room, each
+        # routed to its slot's master (a call touches only its room's slot: atomic per room).
+        script = scripts.load(scripts.PUBLISH)
+        results = [await script.run(client, call.keys, call.args) for call in calls]
+    result = _result(event_id, calls, results)
+    event_log.record(calls, results)
+    return result
 
 
 async def _execute_async(client: Any, calls: list[PublishCall]) -> list[Any]:
@@ -192,20 +164,19 @@ async def _execute_async(client: Any, calls: list[PublishCall]) -> list[Any]:
 
 
 def run_sync(
-    client: Any, keys: Keys, event_id: str, calls: list[PublishCall], sharded: bool
+    client: Any, event_log: SyncEventLog, event_id: str, calls: list[PublishCall], sharded: bool
 ) -> PublishResult:
     script = scripts.load(scripts.PUBLISH)
     if sharded:  # as in run_async: no EVALSHA in a cluster pipeline
-        done = [script.run_sync(client, call.keys, call.args) for call in calls]
+        results = [script.run_sync(client, call.keys, call.args) for call in calls]
+    else:
         pipe = client.pipeline(transaction=False)
-        if record_summaries(pipe, keys, calls, done):
-            pipe.execute()
-        return _result(event_id, calls, done)
-    pipe = client.pipeline(transaction=False)
-    _queue(pipe, calls)
-    results: list[Any] = pipe.execute(raise_on_error=False)
-    if _needs_reload(results):
-        for i, r in enumerate(results):
-            if isinstance(r, NoScriptError):
-                results[i] = script.run_sync(client, calls[i].keys, calls[i].args)
-    return _result(event_id, calls, results)
+        _queue(pipe, calls)
+        results = pipe.execute(raise_on_error=False)
+        if _needs_reload(results):
+            for i, r in enumerate(results):
+                if isinstance(r, NoScriptError):
+                    results[i] = script.run_sync(client, calls[i].keys, calls[i].args)
+    result = _result(event_id, calls, results)
+    event_log.record(calls, results)
+    return result

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import scripts
+from gateway.backend import event_log, scripts
 from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
 from gateway.backend.batch import make_batcher
 from gateway.backend.keys import Keys
@@ -310,17 +310,19 @@ class RedisState:
         return Page(items=items, total=total, next_cursor=rooms[-1] if more else None)
 
     async def recent_events(self, limit: int, cursor: str | None) -> Page:
+        """Newest first, from the event log the publishing processes flush (event_log.py); the
+        cursor is the last entry given, URL-safe."""
+        start: bytes | str = b"(" + event_log.decode_cursor(cursor) if cursor else "+"
         pipe = self.client.pipeline(transaction=False)
-        pipe.xrevrange(self.keys.events, f"({cursor}" if cursor else "+", "-", count=limit + 1)
-        pipe.xlen(self.keys.events)
+        pipe.zrange(
+            self.keys.events_log, start, "-", desc=True, bylex=True, offset=0, num=limit + 1
+        )
+        pipe.zcard(self.keys.events_log)
         entries, total = await pipe.execute()
         more = len(entries) > limit
         entries = entries[:limit]
-        items = []
-        for _, fields in entries:
-            f = {_s(k): _s(v) for k, v in fields.items()}
-            items.append({**f, "ts": int(f["ts"])})
-        next_cursor = _s(entries[-1][0]) if more else None
+        items = [event_log.summary(entry) for entry in entries]
+        next_cursor = event_log.encode_cursor(entries[-1]) if more else None
         return Page(items=items, total=int(total), next_cursor=next_cursor)
 
     async def events_per_minute(self, now_ms: int) -> list[int]:

@@ -66,6 +66,7 @@ def load(name: str) -> LuaScript:
 
 
 PUBLISH = "publish"
+EVENT_LOG = "event_log"
 HISTORY = "history"
 NEW_EPOCH = "new_epoch"
 ROOM_COUNT = "room_count"

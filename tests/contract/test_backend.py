@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 
+from gateway.backend import event_log
 from gateway.backend.base import ControlMessage, Position, PresenceMember
 from gateway.events import UNPUBLISHED_EPOCH, now_ms
 from tests.contract.harness import UNSUBSCRIBE_DELAY_S, Harness, node_stats
+from tests.support.ports import eventually
 
 
 def body(pub: Any) -> dict[str, Any]:
@@ -464,11 +466,26 @@ async def test_paging_never_repeats_and_covers_everything(backend: Harness) -> N
     assert all(r["members"] == 1 for r in listed_rooms)
 
 
+async def summarised(backend: Harness, events: int) -> float:
+    """Wait until the dashboard's summaries hold ``events`` events (the Redis backend writes them
+    once per ``event_log.FLUSH_S``; the embedded one at once). Returns the seconds it took."""
+
+    async def counted() -> bool:
+        page = await backend.backend.recent_events(1, None)
+        return (
+            page.total >= events
+            and sum(await backend.backend.events_per_minute(now_ms())) >= events
+        )
+
+    return await eventually(counted, event_log.FLUSH_S + 3.0, f"{events} events summarised")
+
+
 async def test_recent_events_newest_first_with_paging(backend: Harness) -> None:
     ids = []
     for i in range(23):
         [result] = await backend.publish(f"room_{i % 3}")
         ids.append(result.event_id)
+    await summarised(backend, 23)
     events, pages = await walk(backend.backend.recent_events, 5)
     assert pages == 5
     assert [e["id"] for e in events] == ids[::-1]
@@ -483,6 +500,7 @@ async def test_events_per_minute_counts_publishes(backend: Harness) -> None:
     assert empty == [0] * 60
     await backend.publish(["room_a", "room_b"])  # one delivery to each of two rooms
     await backend.publish("room_a", 2)
+    await summarised(backend, 4)
     series = await b.events_per_minute(now_ms())
     assert len(series) == 60
     assert sum(series) == 4

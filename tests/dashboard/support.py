@@ -184,6 +184,18 @@ async def poll(
         await asyncio.sleep(0.1)
 
 
+async def summarised(http: aiohttp.ClientSession, base_url: str, events: int) -> None:
+    """Wait until the dashboard lists and counts ``events`` events: each publishing process
+    writes its summaries once a second (gateway/backend/event_log.py)."""
+
+    async def fetch() -> tuple[int, int]:
+        listed = await dash_get(http, base_url, "/dashboard/events")
+        stats = await dash_get(http, base_url, "/dashboard/stats")
+        return int(listed["total"]), sum(stats["eventsPerMinuteSeries"])
+
+    await poll(fetch, lambda v: v[0] >= events and v[1] >= events, f"{events} events summarised")
+
+
 async def start_of_a_quiet_minute(seconds_needed: float = 15.0) -> None:
     """Per-minute counters are compared with what the test did: make sure the next
     ``seconds_needed`` seconds fall in one calendar minute (the server's clock is ours)."""

@@ -21,6 +21,7 @@ from tests.dashboard.support import (
     dash_get,
     poll,
     register_ghost,
+    summarised,
     walk,
 )
 from tests.support.nodes import DASHBOARD
@@ -50,6 +51,7 @@ async def test_every_endpoint_and_cleanup_work_without_scanning(
     for i in range(3):
         await api_publish(http, cluster.nodes[i % 2].http_url, "service_1", "tick", {"i": i})
     await register_ghost(cluster.url, lease_s=0.3)
+    await summarised(http, cluster.nodes[0].http_url, 3)
 
     for node in cluster.nodes:
         base = node.http_url

@@ -26,6 +26,7 @@ from tests.dashboard.support import (
     dash_get,
     poll,
     start_of_a_quiet_minute,
+    summarised,
     vm_rss_bytes,
     walk,
 )
@@ -137,6 +138,7 @@ async def test_published_events_are_counted_this_minute(
         await api_publish(http, a.http_url, f"service_{i}", "order_shipped", {"n": i})
     for i in range(3):
         await api_publish(http, b.http_url, "location_9", "comment_created", {"n": i})
+    await summarised(http, a.http_url, 7)
     for node in cluster.nodes:
         stats = await dash_get(http, node.http_url, "/dashboard/stats")
         series = stats["eventsPerMinuteSeries"]
@@ -148,6 +150,7 @@ async def test_published_events_are_counted_this_minute(
 
     # one more event: both figures move by exactly one
     await api_publish(http, b.http_url, "service_0", "order_shipped", {"n": 99})
+    await summarised(http, a.http_url, 8)
     stats = await dash_get(http, a.http_url, "/dashboard/stats")
     assert stats["eventsPerMinuteSeries"][-1] == 8
     assert stats["eventsPerMinute"] == 8
@@ -245,6 +248,7 @@ async def test_events_newest_first_with_their_fields(
         await publisher.aclose()
     published.append((result.event_id, "location_4", "from_django", "publisher"))
     after_ms = int(time.time() * 1000)
+    await summarised(http, a.http_url, 4)
 
     for node in cluster.nodes:
         page = await dash_get(http, node.http_url, "/dashboard/events")

@@ -8,11 +8,10 @@
 -- ARGV[4] history TTL (s)    ARGV[5] meta TTL (s)            ARGV[6] epoch to use if the room has none
 -- ARGV[7] dedupe flag ("1" or "")                            ARGV[8] dedupe TTL (s)
 -- ARGV[9] "PUBLISH" or "SPUBLISH"                            ARGV[10] event id
--- KEYS[4] dashboard events stream, KEYS[5] this minute's counter hash: used only when ARGV[11]
--- is "1" (single Redis); in Cluster mode they live in another slot and the caller records them.
--- ARGV[11] record flag   ARGV[12] event type   ARGV[13] ts (ms)   ARGV[14] source   ARGV[15] room
--- ARGV[16] receipts (optional): the TTL (s) of this event's receipts hash; absent or "" = none
--- ARGV[17] that hash (in the room's slot)
+-- ARGV[11] receipts (optional): the TTL (s) of this event's receipts hash; absent or "" = none
+-- ARGV[12] that hash (in the room's slot)
+-- The dashboard's summary (recent events, per-minute counts) is not written here: the publishing
+-- process batches it (gateway/backend/event_log.py, lua/event_log.lua).
 -- Returns {offset, epoch, duplicate (0/1), event id}.
 if ARGV[7] == "1" then
   local prev = redis.call("GET", KEYS[3])
@@ -40,15 +39,8 @@ redis.call(ARGV[9], ARGV[1], offset .. ":" .. epoch .. ":" .. ARGV[2])
 if ARGV[7] == "1" then
   redis.call("SET", KEYS[3], offset .. ":" .. epoch .. ":" .. ARGV[10], "EX", ARGV[8])
 end
-if ARGV[11] == "1" then
-  redis.call("XADD", KEYS[4], "MAXLEN", "~", 1000, "*", "room", ARGV[15], "type", ARGV[12],
-             "id", ARGV[10], "ts", ARGV[13], "source", ARGV[14])
-  if redis.call("HINCRBY", KEYS[5], ARGV[12], 1) == 1 then
-    redis.call("EXPIRE", KEYS[5], 7200)  -- once per type and minute, not per event
-  end
-end
-if ARGV[16] and ARGV[16] ~= "" then
-  redis.call("HSET", ARGV[17], "o", offset, "e", epoch)
-  redis.call("EXPIRE", ARGV[17], ARGV[16])
+if ARGV[11] and ARGV[11] ~= "" then
+  redis.call("HSET", ARGV[12], "o", offset, "e", epoch)
+  redis.call("EXPIRE", ARGV[12], ARGV[11])
 end
 return {offset, epoch, 0, ARGV[10]}
