@@ -2,7 +2,8 @@
 clients reconnect to the other node and recover what they missed.
 
     python -m bench.storm [--clients 18000] [--signal kill|term|both] [--cache warm|expired|both]
-                          [--events-per-s 1000] [--seconds 20] [--json PATH]
+                          [--auth django|jwt|both] [--events-per-s 1000] [--seconds 30]
+                          [--json PATH]
 
 Starts a private redis-server, the Django test site (which counts the token checks it answers),
 two gateway nodes and the Node load generator in recover mode: every client is
@@ -11,6 +12,12 @@ other node (after 0-1 s of jitter, doubling per failed try) and joins its room a
 ``since`` (the offset/epoch of the last event it processed). A publisher sends events round-robin
 to every client's room at a steady rate before, during and after the storm; at the end every
 client must have every event of its room exactly once.
+
+``--auth django`` (the default): the tokens are opaque (``cliente-<id>``), the Django test site
+verifies a token the first time, the node keeps it in memory and in the cluster-wide cache in
+Redis (``GATEWAY_AUTH_CACHE_S``), so a client landing on the other node finds it there while it
+lasts. ``--auth jwt``: every client has a HS256 JWT (SimpleJWT's claims, signed by the load
+generator with the nodes' ``GATEWAY_JWT_SECRET``) that the nodes verify themselves.
 
 Twice per signal: ``warm`` — the clients connected seconds before, so their tokens are in the
 token cache; ``expired`` — the clients connected more than twice the cache TTL
@@ -26,7 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -54,10 +63,37 @@ def redis_calls(admin: Any) -> Counter[str]:
     return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()})
 
 
-def one_run(args: argparse.Namespace, sig: str, cache: str, first_id: int) -> dict[str, Any]:
-    log_dir = Path(tempfile.mkdtemp(prefix=f"gateway-storm-{sig}-{cache}-"))
+def revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway"], cwd=REPO_ROOT, capture_output=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return rev + ("+dirty" if dirty else "")
+
+
+def one_run(
+    args: argparse.Namespace, sig: str, cache: str, auth: str, first_id: int
+) -> dict[str, Any]:
+    log_dir = Path(tempfile.mkdtemp(prefix=f"gateway-storm-{sig}-{cache}-{auth}-"))
     started: list[Any] = []
-    out: dict[str, Any] = {"signal": sig, "cache": cache, "clients": args.clients}
+    out: dict[str, Any] = {
+        "signal": sig,
+        "cache": cache,
+        "auth": auth,
+        "clients": args.clients,
+        "revision": revision(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    jwt_secret = secrets.token_urlsafe(32) if auth == "jwt" else None
+    # warm: every token still cached at the signal, the first connected too (connecting 18,000
+    # through Django takes about a minute); expired: the TTL passed twice after the last connect
+    ttl_s = args.warm_cache_ttl_s if cache == "warm" else args.cache_ttl_s
+    out["cache_ttl_s"] = ttl_s
     try:
         redis = RedisServer(log_dir / "redis", extra_args=["--maxclients", "100000"])
         started.append(redis)
@@ -68,8 +104,9 @@ def one_run(args: argparse.Namespace, sig: str, cache: str, first_id: int) -> di
         env = {
             "GATEWAY_REDIS_URL": redis.url,
             **GATEWAY_BENCH_ENV,
-            "GATEWAY_AUTH_CACHE_S": str(args.cache_ttl_s),
+            "GATEWAY_AUTH_CACHE_S": str(ttl_s),
             "GATEWAY_DRAIN_SECONDS": str(args.drain_s),
+            **({"GATEWAY_JWT_SECRET": jwt_secret} if jwt_secret else {}),
             **args.gateway_env,
         }
         nodes = [GatewayProcess(log_dir / "gateway", django.base_url, env=env) for _ in range(2)]
@@ -91,20 +128,30 @@ def one_run(args: argparse.Namespace, sig: str, cache: str, first_id: int) -> di
             events_total=events,
             recover=True,
             local_addresses=[f"127.0.0.{2 + k}" for k in range(2)],
+            jwt_secret=jwt_secret,
         )
         try:
             report = lg.start(timeout_s=900)
-            out["connect"] = {k: report[k] for k in ("connected", "failed", "per_s", "errors")}
+            connected_at = time.time()
+            out["connect"] = {
+                k: report[k] for k in ("connected", "failed", "per_s", "seconds", "errors")
+            }
             if cache == "expired":
-                time.sleep(2 * args.cache_ttl_s + 2)
+                time.sleep(2 * ttl_s + 2)
             else:
                 time.sleep(2)
             out.update(_storm(args, lg, nodes[0], django, redis, sig, first_id, events, log_dir))
+            # token ages at the signal: the last client connected, the first one
+            out["last_connect_before_signal_s"] = round(out["signalled"] - connected_at, 1)
+            out["first_connect_before_signal_s"] = round(
+                out["signalled"] - connected_at + report["seconds"], 1
+            )
         finally:
             lg.close()
     finally:
         for proc in reversed(started):
             proc.stop()
+        out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -168,6 +215,7 @@ def _storm(
     thread.join(900)
     got = lg.collect(timeout_s=300, quiet_s=10)
     return {
+        "signalled": signalled,
         "victims": storm["closes"],
         "recovered": storm["recovered"],
         "not_recovered": storm["not_recovered"],
@@ -198,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=18_000)
     p.add_argument("--signal", choices=("kill", "term", "both"), default="both")
     p.add_argument("--cache", choices=("warm", "expired", "both"), default="both")
-    p.add_argument("--cache-ttl-s", type=float, default=10.0)
+    p.add_argument("--auth", choices=("django", "jwt", "both"), default="django")
+    p.add_argument(
+        "--cache-ttl-s", type=float, default=10.0, help="GATEWAY_AUTH_CACHE_S, expired runs (10)"
+    )
+    p.add_argument(
+        "--warm-cache-ttl-s", type=float, default=120.0, help="the same, warm runs (120)"
+    )
     p.add_argument("--drain-s", type=float, default=10.0, help="GATEWAY_DRAIN_SECONDS (10)")
     p.add_argument("--events-per-s", type=float, default=1000.0)
     p.add_argument("--seconds", type=float, default=30.0, help="publishing time (30)")
@@ -211,15 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     signals = ("kill", "term") if args.signal == "both" else (args.signal,)
     caches = ("warm", "expired") if args.cache == "both" else (args.cache,)
+    auths = ("django", "jwt") if args.auth == "both" else (args.auth,)
     first = 9_000_000
-    for sig in signals:
-        for cache in caches:
-            run = one_run(args, sig, cache, first)
-            first += args.clients
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=2) + "\n")
+    for auth in auths:
+        for sig in signals:
+            for cache in caches:
+                run = one_run(args, sig, cache, auth, first)
+                first += args.clients
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+                if args.json:  # after every run: a long series keeps what it has
+                    args.json.write_text(json.dumps(runs, indent=2) + "\n")
     return 0
 
 
