@@ -49,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.loadgen import Loadgen, publish  # noqa: E402
+from bench.measure import CpuMeter  # noqa: E402
 from bench.scale import raise_fd_limit  # noqa: E402
 from bench.targets import GATEWAY_BENCH_ENV  # noqa: E402
 from tests.support.django_site import DjangoSite  # noqa: E402
@@ -140,7 +141,7 @@ def one_run(
                 time.sleep(2 * ttl_s + 2)
             else:
                 time.sleep(2)
-            out.update(_storm(args, lg, nodes[0], django, redis, sig, first_id, events, log_dir))
+            out.update(_storm(args, lg, nodes, django, redis, sig, first_id, events, log_dir))
             # token ages at the signal: the last client connected, the first one
             out["last_connect_before_signal_s"] = round(out["signalled"] - connected_at, 1)
             out["first_connect_before_signal_s"] = round(
@@ -158,7 +159,7 @@ def one_run(
 def _storm(
     args: argparse.Namespace,
     lg: Loadgen,
-    victim: GatewayProcess,
+    nodes: list[GatewayProcess],
     django: DjangoSite,
     redis: RedisServer,
     sig: str,
@@ -167,6 +168,11 @@ def _storm(
     log_dir: Path,
 ) -> dict[str, Any]:
     admin = redis.admin()
+    victim, survivor = nodes
+    # CPU by process, in the steady window before the signal and from the signal until every
+    # client is back: who set the pace (a process near 100 % of a core)
+    pids = {"survivor": survivor.pid, "redis": redis.pid, "django": django.pid}
+    pids.update({f"loadgen{k}": pid for k, pid in enumerate(lg.pids)})
     config = {
         "method": "async-publisher",
         "redis_url": redis.url,
@@ -188,11 +194,15 @@ def _storm(
     ready.wait(60)
     time.sleep(STORM_AT_S - 3)
     steady_from = redis_calls(admin)  # the publisher's steady load, to subtract
+    steady_cpu = {name: CpuMeter([pid]).start() for name, pid in pids.items()}
     time.sleep(3)
+    for meter in steady_cpu.values():
+        meter.stop()
     django_before = django.calls()["profile_calls"]
     redis_before = redis_calls(admin)
     steady = {k: v / 3 for k, v in (redis_before - steady_from).items()}
     signalled = time.time()
+    storm_cpu = {name: CpuMeter([pid]).start() for name, pid in pids.items()}
     os.kill(victim.pid, signal.SIGKILL if sig == "kill" else signal.SIGTERM)
     deadline = time.monotonic() + 600
     storm: dict[str, Any] = {}
@@ -205,6 +215,8 @@ def _storm(
         previous = storm["closes"]
         if gone and settled and storm["closes"] and storm["recovered"] >= storm["closes"]:
             break
+    for meter in storm_cpu.values():
+        meter.stop()
     recovered_at = (storm["last_recovered_us"] or 0) / 1e6
     django_calls = django.calls()["profile_calls"] - django_before
     redis_delta = redis_calls(admin) - redis_before
@@ -231,6 +243,10 @@ def _storm(
         "redis_commands": sum(redis_delta.values()),  # minus the publisher's steady rate
         "redis_commands_per_reconnect": sum(redis_delta.values()) / max(1, storm["closes"]),
         "redis_top": dict(redis_delta.most_common(8)),
+        # % of one core: steady (3 s before the signal), storm (signal -> all back, + <= 2 s)
+        "cpu_pct_steady": {k: round(m.busiest_pct(), 1) for k, m in steady_cpu.items()},
+        "cpu_pct_storm": {k: round(m.busiest_pct(), 1) for k, m in storm_cpu.items()},
+        "storm_window_s": round(storm_cpu["survivor"].wall_s, 1),
         "published": result.get("published"),
         "publish_errors": result.get("errors"),
         "deliveries": got["deliveries"],
