@@ -38,31 +38,45 @@ from tests.support.django_site import DjangoSite  # noqa: E402
 from tests.support.processes import GatewayProcess  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
-# Parts of the connect path, by the file a frame is in (the innermost frame that matches names
-# the part). Order matters only for files that could match two entries.
+# Parts of the connect path, by the file a frame is in. A sample goes to the innermost frame of
+# the stack in a named part (the gateway's code that caused the work, or PyJWT / redis-py);
+# only a stack with none of them goes to the generic parts (asyncio, aiohttp, logging). With
+# uvloop the loop itself is C: its samples (socket reads and writes, callbacks) are the bare
+# ``Runner.run`` frame.
 PARTS = [
-    ("auth: JWT (PyJWT)", ("/jwt/",)),
+    ("auth: JWT (PyJWT)", ("(jwt/",)),
     ("auth: gateway.auth", ("gateway/auth/",)),
-    ("Django client (aiohttp client)", ("gateway/djangoapi.py", "aiohttp/client")),
-    ("redis-py (parse, connection)", ("/redis/",)),
-    ("backend: Redis state/online/scripts", ("gateway/backend/",)),
+    ("Django client", ("gateway/djangoapi.py",)),
+    ("redis-py", ("(redis/",)),
+    ("Redis: group commit (backend/batch.py)", ("gateway/backend/batch.py",)),
+    ("Redis: state, online status, scripts", ("gateway/backend/",)),
     ("caps/accounting", ("gateway/accounting.py",)),
-    ("join, rooms, history", ("gateway/rooms.py", "gateway/hub.py", "gateway/session.py")),
-    ("WebSocket upgrade, frames", ("gateway/ws", "gateway/wsupgrade", "gateway/wsframes")),
-    ("node (connection lifecycle)", ("gateway/node.py", "gateway/gate.py", "gateway/wsconn")),
-    ("JSON (orjson, pydantic)", ("pydantic", "orjson", "gateway/protocol.py")),
-    ("logging", ("/logging/",)),
-    ("aiohttp server, HTTP", ("aiohttp/",)),
-    ("asyncio event loop", ("asyncio/",)),
+    ("metrics", ("gateway/metrics.py", "(prometheus_client/")),
+    ("rooms, join, history", ("gateway/rooms.py", "gateway/hub.py", "gateway/session.py")),
+    ("WebSocket upgrade, frames, writes", ("gateway/ws",)),
+    ("node (connection lifecycle)", ("gateway/",)),
+]
+GENERIC = [
+    ("logging", ("(logging/",)),
+    ("aiohttp", ("(aiohttp/",)),
+    ("event loop (uvloop, C: socket I/O, callbacks)", ("Runner.run (",)),
+    ("asyncio (Python)", ("(asyncio/",)),
 ]
 IDLE = ("select (selectors.py", "poll (selectors.py", "_run_once (asyncio/base_events.py")
 
 
+OUTER = ("gateway/__main__.py", "gateway/cli.py", "(runpy.py")  # the process's main: not a part
+
+
 def part_of(stack: list[str]) -> str:
-    for frame in reversed(stack):  # innermost last in py-spy's collapsed format
-        for name, needles in PARTS:
-            if any(n in frame for n in needles):
-                return name
+    if stack[-1].startswith("Runner.run ("):
+        return GENERIC[2][0]
+    stack = [frame for frame in stack if not any(o in frame for o in OUTER)]
+    for table in (PARTS, GENERIC):
+        for frame in reversed(stack):  # innermost last in py-spy's collapsed format
+            for name, needles in table:
+                if any(n in frame for n in needles):
+                    return name
     return "other"
 
 

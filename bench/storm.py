@@ -64,6 +64,24 @@ def redis_calls(admin: Any) -> Counter[str]:
     return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()})
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (this network
+    namespace: every process's listeners, the other developers' tests too)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names[0] == "TcpExt:" and "ListenOverflows" in names:
+            return int(values[names.index("ListenOverflows")])
+    return 0
+
+
+def run_delay_ns(pid: int) -> int:
+    """Time the process's threads spent runnable but waiting for a CPU (``schedstat``)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def revision() -> str:
     try:
         rev = subprocess.run(
@@ -203,6 +221,8 @@ def _storm(
     steady = {k: v / 3 for k, v in (redis_before - steady_from).items()}
     signalled = time.time()
     storm_cpu = {name: CpuMeter([pid]).start() for name, pid in pids.items()}
+    overflows_before = listen_overflows()
+    waited_before = run_delay_ns(survivor.pid)
     os.kill(victim.pid, signal.SIGKILL if sig == "kill" else signal.SIGTERM)
     deadline = time.monotonic() + 600
     storm: dict[str, Any] = {}
@@ -217,6 +237,8 @@ def _storm(
             break
     for meter in storm_cpu.values():
         meter.stop()
+    waited_s = (run_delay_ns(survivor.pid) - waited_before) / 1e9
+    overflows = listen_overflows() - overflows_before
     recovered_at = (storm["last_recovered_us"] or 0) / 1e6
     django_calls = django.calls()["profile_calls"] - django_before
     redis_delta = redis_calls(admin) - redis_before
@@ -247,6 +269,9 @@ def _storm(
         "cpu_pct_steady": {k: round(m.busiest_pct(), 1) for k, m in steady_cpu.items()},
         "cpu_pct_storm": {k: round(m.busiest_pct(), 1) for k, m in storm_cpu.items()},
         "storm_window_s": round(storm_cpu["survivor"].wall_s, 1),
+        # the survivor's time runnable but waiting for a core (the machine's other work)
+        "survivor_cpu_wait_s": round(waited_s, 1),
+        "listen_overflows": overflows,
         "published": result.get("published"),
         "publish_errors": result.get("errors"),
         "deliveries": got["deliveries"],
