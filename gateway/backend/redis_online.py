@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.backend import scripts
-from gateway.backend.keys import Keys
+from gateway.backend.keys import INDEX_SHARDS, Keys
 from gateway.backend.online import (
     IP,
     OFFLINE_TTL_S,
@@ -127,7 +127,7 @@ class RedisOnline:
         else:
             keys.append(self.keys.node_held(node))
             if kind == USER:
-                keys += [self.keys.presence_stream, self.keys.online_users]
+                keys += [self.keys.presence_stream, self.keys.online_index_of(key)]
         now = _now_ms()
         args: list[Any] = [
             node,
@@ -145,7 +145,7 @@ class RedisOnline:
                 await self.client.hincrby(self.keys.node_held(node), field, -1)
             elif came_online:
                 await self._append(key, role, True, now)
-                await self.client.zadd(self.keys.online_users, {key: 0})
+                await self.client.zadd(self.keys.online_index_of(key), {key: 0})
         return Admission(bool(admitted), int(count), bool(came_online))
 
     async def release(self, node: str, kind: str, key: str, count: int | None = 1) -> int:
@@ -201,14 +201,15 @@ class RedisOnline:
             user_id = _s(raw_user)
             keys = [self.keys.user_online(user_id)]
             if not self.cluster:
-                keys += [self.keys.presence_stream, self.keys.presence_due, self.keys.online_users]
+                keys += [self.keys.presence_stream, self.keys.presence_due]
+                keys.append(self.keys.online_index_of(user_id))
             args = [user_id, now_ms, self.stream_maxlen, OFFLINE_TTL_S, int(score)]
             status, role, ts = await self._run(SETTLE, keys, args)
             if int(status) == 1:
                 change_id = ""
                 if self.cluster:
                     change_id = await self._append(user_id, _s(role), False, int(ts))
-                    await self.client.zrem(self.keys.online_users, user_id)
+                    await self.client.zrem(self.keys.online_index_of(user_id), user_id)
                 changes.append(PresenceChange(change_id, user_id, _s(role), False, int(ts)))
             if self.cluster and int(status) != 0:
                 await scripts.load(ZREM_IF).run(
@@ -227,12 +228,16 @@ class RedisOnline:
         return await online_status(self.client, self.keys, user_ids, now_ms)
 
     async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        """Merged from the index shards: each shard's first ``limit + 1`` after the cursor."""
         start = f"({cursor}" if cursor else "-"
-        key = self.keys.online_users
-        names, total = await self._exec(
-            ("ZRANGE", key, start, "+", "BYLEX", "LIMIT", 0, limit + 1), ("ZCARD", key)
-        )
-        return [_s(n) for n in names], int(total)
+        commands: list[tuple[Any, ...]] = []
+        for shard in range(INDEX_SHARDS):
+            key = self.keys.online_index(shard)
+            commands.append(("ZRANGE", key, start, "+", "BYLEX", "LIMIT", 0, limit + 1))
+            commands.append(("ZCARD", key))
+        results = await self._exec(*commands)
+        names = sorted(_s(n) for found in results[0::2] for n in found)
+        return names[: limit + 1], sum(int(n) for n in results[1::2])
 
     async def close(self) -> None:
         pass

@@ -11,7 +11,7 @@ Sync and asyncio clients share the command builders, for the node, the worker an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.backend import scripts
@@ -104,10 +104,17 @@ async def read_async(client: Any, keys: Keys, event_id: str) -> dict[str, RoomRe
     return parse_rooms(offsets, rooms, await pipe.execute())
 
 
+def _queue_members(pipe: Any, keys: Keys, rooms: Iterable[str]) -> Any:
+    """The rooms' member counts (each in its index shard: one round trip per shard's server)."""
+    for room in rooms:
+        pipe.hget(keys.room_members_of(room), room)
+    return pipe
+
+
 def write_index_sync(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
-    members = client.hmget(keys.room_members, list(offsets))
+    members = _queue_members(client.pipeline(transaction=False), keys, offsets).execute()
     pipe = client.pipeline(transaction=False)
     queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     pipe.execute()
@@ -116,7 +123,7 @@ def write_index_sync(
 async def write_index_async(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
-    members = await client.hmget(keys.room_members, list(offsets))
+    members = await _queue_members(client.pipeline(transaction=False), keys, offsets).execute()
     pipe = client.pipeline(transaction=False)
     queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     await pipe.execute()

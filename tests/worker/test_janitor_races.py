@@ -102,8 +102,8 @@ async def register(state: RedisState, node: str, n: int) -> list[ConnectionInfo]
 
 async def room_state(client: Any) -> tuple[int, bool, int]:
     """(member count, listed in the rooms index, presence entries) of ``ROOM``."""
-    count = await client.hget(KEYS.room_members, ROOM)
-    listed = await client.zscore(KEYS.rooms, ROOM) is not None
+    count = await client.hget(KEYS.room_members_of(ROOM), ROOM)
+    listed = await client.zscore(KEYS.room_index_of(ROOM), ROOM) is not None
     return int(count or 0), listed, int(await client.hlen(KEYS.room_presence(ROOM)))
 
 
@@ -137,7 +137,8 @@ async def test_two_sweeps_at_once_decrement_each_membership_once(
     assert sum(r["connections"] for r in reports) == 3
     assert sum(r["nodes"] for r in reports) == 1
     for conn in conns(DEAD, 3):
-        assert await aredis.hget(KEYS.room_members, f"cliente_{conn.user_id}") is None
+        room = f"cliente_{conn.user_id}"
+        assert await aredis.hget(KEYS.room_members_of(room), room) is None
     assert await aredis.zrange(KEYS.nodes, 0, -1) == [LIVE.encode()]
 
 
@@ -160,14 +161,16 @@ async def test_a_node_that_comes_back_during_its_sweep_keeps_its_live_state(
 
     assert await room_state(aredis) == (5, True, 5)
     assert await aredis.scard(KEYS.node_memberships(DEAD)) == 6
-    assert await aredis.scard(KEYS.node_connections(DEAD)) == 3
+    assert await aredis.hlen(KEYS.node_clients(DEAD)) == 3
     assert await aredis.exists(KEYS.node_lease(DEAD)) == 1
     assert await aredis.zscore(KEYS.nodes, DEAD) is not None
-    assert await aredis.zcard(KEYS.clients) == 5
+    assert await aredis.hlen(KEYS.node_clients(LIVE)) == 2
     for conn in conns(DEAD, 3):
-        assert await aredis.hexists(KEYS.client_info, conn.connection_id)
+        found = await aredis.hget(KEYS.node_clients(DEAD), conn.connection_id)
+        assert found == conn.user_id.encode()
         assert await aredis.sismember(KEYS.user_connections(conn.user_id), conn.connection_id)
-        assert await aredis.hget(KEYS.room_members, f"cliente_{conn.user_id}") == b"1"
+        room = f"cliente_{conn.user_id}"
+        assert await aredis.hget(KEYS.room_members_of(room), room) == b"1"
     # and once it dies for real, one sweep removes it all
     await aredis.delete(KEYS.node_lease(DEAD))
     removed = await RedisState(aredis, KEYS, cluster=cluster).cleanup()
