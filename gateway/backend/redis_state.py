@@ -1,11 +1,14 @@
-"""Cluster-wide state in Redis: connections, memberships, presence, node leases, dashboard
-indexes, and the janitor that removes what dead nodes left behind. Used by nodes and the worker.
+"""Cluster-wide state in Redis: connections, memberships, presence, node leases, the sharded
+room index, and the janitor that removes what dead nodes left behind. Used by nodes and the
+worker.
 
 Never KEYS or SCAN: every question is answered from named indexes of bounded size. A node's
 memberships set is the truth about who is in which room: room counts change by what ``SADD`` /
 ``SREM`` on it changed. Broadcast rooms (``all_clientes``, ``all_proveedores``) keep a count
 only, no presence hash: every cliente is in ``all_clientes``, and ``presence`` of it answers the
-count.
+count. No connect, join or leave writes the global ``{g}`` slot: room counts and the rooms index
+live in the room's index shard (``keys.shard_of``), a connection's user in its node's clients
+hash, and what the dashboard lists about a connection only in its node's memory (``local``).
 """
 
 from __future__ import annotations
