@@ -234,8 +234,17 @@ class Keys:
 
     @property
     def presence_due(self) -> str:
-        """zset userId -> ms when the user's grace period ends (last connection closed)."""
+        """*legacy* zset userId -> ms when the user's grace period ends (now ``due_index``);
+        still settled, so users an old node released go offline after an upgrade."""
         return f"{self.prefix}:{{g}}:presence:due"
+
+    def due_index(self, shard: int) -> str:
+        """zset userId -> ms when the user's grace period ends (last connection closed), of the
+        users of one index shard."""
+        return f"{self.prefix}:{{{ONLINE_TAGS[shard]}}}:due"
+
+    def due_index_of(self, user_id: str) -> str:
+        return self.due_index(shard_of(user_id))
 
     @property
     def online_users(self) -> str:
