@@ -14,6 +14,7 @@ hash, and what the dashboard lists about a connection only in its node's memory 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import Counter
@@ -304,7 +305,8 @@ class RedisState:
     def local_clients(self, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], int]:
         """This node's connections after ``cursor`` (the first ``limit + 1`` by id), and how
         many it has: its answer to a dashboard request."""
-        ids = sorted(c for c in self.local if cursor is None or c > cursor)[: limit + 1]
+        after = (c for c in self.local if cursor is None or c > cursor)
+        ids = heapq.nsmallest(limit + 1, after)  # O(n log limit) on a node of 50,000
         items = []
         for conn_id in ids:
             conn, rooms = self.local[conn_id]
