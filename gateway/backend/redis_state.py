@@ -96,6 +96,8 @@ class RedisState:
                 "HSET", k.node_clients(conn.node), conn.connection_id, conn.user_id
             )
             pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
+            if conn.node not in self._indexed:  # before its first heartbeat: findable anyway
+                pipe.execute_command("ZADD", k.nodes, "NX", _now_ms(), conn.node)
         else:
             pipe.execute_command("HDEL", k.node_clients(conn.node), conn.connection_id)
             pipe.srem(k.user_connections(conn.user_id), conn.connection_id)

@@ -189,6 +189,25 @@ async def test_a_sweep_repeated_finds_nothing_and_changes_nothing(
     assert await room_state(aredis) == (2, True, 2)
 
 
+async def test_a_node_dead_before_its_first_heartbeat_is_found_and_swept(
+    store: tuple[Any, bool],
+) -> None:
+    """A connection registered before the node's first heartbeat (no rooms yet) indexes the
+    node, so the janitor finds its clients hash and the user's connection set."""
+    aredis, cluster = store
+    node = f"early-{time.time_ns()}"
+    state = RedisState(aredis, KEYS, cluster=cluster)
+    conn = ConnectionInfo(f"{node}-c", "44", "cliente", node, int(time.time() * 1000))
+    await state.add_connection(conn)
+    assert await aredis.zscore(KEYS.nodes, node) is not None
+    assert await aredis.hget(KEYS.node_clients(node), conn.connection_id) == b"44"
+    removed = await RedisState(aredis, KEYS, cluster=cluster).cleanup()
+    assert removed["connections"] >= 1 and removed["nodes"] >= 1
+    assert await aredis.exists(KEYS.node_clients(node)) == 0
+    assert not await aredis.sismember(KEYS.user_connections("44"), conn.connection_id)
+    assert await aredis.zscore(KEYS.nodes, node) is None
+
+
 async def test_dashboard_cleanup_waits_while_the_worker_janitor_sweeps(
     redis_server: RedisServer, make_node: Any, http: Any, aredis: Any
 ) -> None:
