@@ -11,7 +11,7 @@
 --          1 when the user must be added to the online index (the caller does it without KEYS[4])}.
 -- The one HGETALL also gives "on", "off" and "ix": the writes below happen only when they change
 -- something (an online user's next connection: 4 commands, not 7). "ix" = 1 says the user is
--- in the sharded online index: a user who came online through a node of an earlier release
+-- in the sharded online index (online_settle sets it to 0 with "on"): a user who came online through a node of an earlier release
 -- (legacy {g} index) is added by their next connection here.
 local field = "n:" .. ARGV[1]
 local total, mine = 0, 0
@@ -59,7 +59,7 @@ if on ~= nil and on ~= "1" then
   redis.call("PERSIST", KEYS[1])
 end
 if on == "1" then
-  if ix then
+  if ix == "1" then
     redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3])
     return {1, total, 0, 0}
   end

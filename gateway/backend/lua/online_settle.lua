@@ -26,8 +26,7 @@ else
     status = 1
     role = redis.call("HGET", KEYS[1], "role") or ""
     ts = redis.call("HGET", KEYS[1], "seen") or ARGV[2]
-    redis.call("HSET", KEYS[1], "on", "0")
-    redis.call("HDEL", KEYS[1], "ix")
+    redis.call("HSET", KEYS[1], "on", "0", "ix", "0")
     if #KEYS >= 2 then
       redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[3], "*",
                  "userId", ARGV[1], "role", role, "online", "0", "ts", ts)
