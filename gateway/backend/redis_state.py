@@ -103,21 +103,28 @@ class RedisState:
             pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
 
     def _remember(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
-        self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
+        """The connection's rooms after a join or leave, unless it closed meanwhile."""
+        if conn.connection_id in self.local:
+            self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
 
     async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
         """Register a connection and join it to ``rooms``."""
-        self._remember(conn, rooms)
-        if self.cluster:
-            await self._add_connection_cluster(conn, rooms)
-            return
+        # listed from now (a close racing this add pops it), unless the add fails
+        self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
+        try:
+            if self.cluster:
+                await self._add_connection_cluster(conn, rooms)
+                return
 
-        def queue(pipe: Any) -> None:
-            self._queue_connection(pipe, conn, add=True)
-            if rooms:
-                self._membership(pipe, conn, 1, rooms)
+            def queue(pipe: Any) -> None:
+                self._queue_connection(pipe, conn, add=True)
+                if rooms:
+                    self._membership(pipe, conn, 1, rooms)
 
-        await self.batch.run(queue)
+            await self.batch.run(queue)
+        except BaseException:
+            self.local.pop(conn.connection_id, None)
+            raise
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         self.local.pop(conn.connection_id, None)
@@ -146,10 +153,10 @@ class RedisState:
     ) -> Any:
         """Join ``rooms``; ``before`` is a script call run first in the same round trip (the
         room's history read), whose result is returned."""
-        self._remember(conn, all_rooms)
         if self.cluster:
             first = await before[0].run(self.client, before[1], before[2]) if before else None
             await self._join_cluster(conn, rooms)
+            self._remember(conn, all_rooms)
             return first
 
         def queue(pipe: Any) -> None:
@@ -159,16 +166,17 @@ class RedisState:
             self._membership(pipe, conn, 1, rooms)
 
         results = await self.batch.run(queue)
+        self._remember(conn, all_rooms)
         return results[0] if before is not None else None
 
     async def leave(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None:
-        self._remember(conn, all_rooms)
         if self.cluster:
             await self._leave_cluster(conn, rooms)
-            return
-        await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms))
+        else:
+            await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms))
+        self._remember(conn, all_rooms)
 
     # --- Redis Cluster: the same steps, one slot at a time -------------------------------------
     async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
