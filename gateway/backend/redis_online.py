@@ -203,12 +203,16 @@ class RedisOnline:
                 for key in due_keys
             )
         )
+        due = sorted(  # in the order the grace periods ended, as from one set
+            (score, _s(raw_user), due_key)
+            for due_key, flat in zip(due_keys, found, strict=True)
+            for raw_user, score in _pairs(flat)
+        )
         changes = []
-        for due_key, flat in zip(due_keys, found, strict=True):
-            for raw_user, score in _pairs(flat):
-                change = await self._settle(_s(raw_user), due_key, score, now_ms)
-                if change is not None:
-                    changes.append(change)
+        for score, user_id, due_key in due:
+            change = await self._settle(user_id, due_key, score, now_ms)
+            if change is not None:
+                changes.append(change)
         return changes
 
     async def _settle(
