@@ -78,12 +78,14 @@ class Shards:
         return sum(int(c.info("memory")["used_memory"]) for c in self.clients.values())
 
     def memory_by_pattern(self) -> dict[str, dict[str, int]]:
-        """Keys grouped by their name with hash tags and numbers blanked: count and bytes."""
+        """Keys grouped by their name with hash tags, hex digests and numbers blanked: count
+        and bytes."""
         groups: dict[str, dict[str, int]] = {}
         for client in self.clients.values():
             for key in client.scan_iter(count=1000):
                 name = key.decode(errors="replace")
                 pattern = re.sub(r"\{[^}]*\}", "{…}", name)
+                pattern = re.sub(r"[0-9a-f]{32,}", "<sha>", pattern)  # token cache keys
                 pattern = re.sub(r"\d+", "N", pattern)
                 entry = groups.setdefault(pattern, {"keys": 0, "bytes": 0})
                 entry["keys"] += 1

@@ -1,8 +1,9 @@
 """The cluster-wide dashboard: JSON endpoints, the HTML page and a live WebSocket feed.
 
-Every answer comes from the backend (Redis: node snapshots, bounded indexes; never a scan), so any
-node shows the whole cluster. Access needs the dashboard token: Bearer, or HTTP Basic with the
-token as password for GET only (a browser can log in; another site cannot make it POST).
+Every answer comes from the backend (Redis: node snapshots, bounded indexes, and for the list of
+clients the nodes' own answers over pub/sub; never a scan), so any node shows the whole cluster.
+Access needs the dashboard token: Bearer, or HTTP Basic with the token as password for GET only
+(a browser can log in; another site cannot make it POST).
 """
 
 from __future__ import annotations

@@ -2,12 +2,47 @@
 
 Room keys carry the room in a ``{hash tag}`` so that all of a room's keys (and its shard channel)
 share one Redis Cluster slot; the atomic publish script touches only those. Global indexes
-(nodes, clients, rooms, events) share the ``{g}`` tag so small scripts can update them together.
+written rarely (nodes, events) share the ``{g}`` tag; the indexes a connect writes (rooms and
+their member counts, online users) are sharded over ``INDEX_SHARDS`` tags, and what only the
+dashboard reads about connections stays in the nodes themselves (answered on request over
+``dashboard_channel``). The keys marked *legacy* are what releases before the sharding wrote;
+they are read and swept, never written, so a rolling upgrade's old nodes are cleaned up exactly.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# Indexes that every connect or join would otherwise write in one slot are spread over this many
+# hash tags (by CRC32 of the room or user id): on a Redis Cluster each tag lands on some master,
+# so connect load spreads with the masters instead of piling on one.
+INDEX_SHARDS = 16
+
+
+def shard_of(name: str) -> int:
+    """The index shard of a room or user id (stable across processes and releases)."""
+    return zlib.crc32(name.encode()) % INDEX_SHARDS
+
+
+def _spread_tags(kind: str) -> tuple[str, ...]:
+    """One hash tag per shard, shard ``i``'s in the ``i``-th sixteenth of the slot space, so
+    the shards split evenly between the masters of a cluster whose slots are split evenly (the
+    default); plain ``kind:i`` tags can put ten of sixteen on one master of three."""
+    width = REDIS_CLUSTER_HASH_SLOTS // INDEX_SHARDS
+    tags = []
+    for shard in range(INDEX_SHARDS):
+        n = 0
+        while key_slot(f"{kind}{shard}.{n}".encode()) // width != shard:
+            n += 1
+        tags.append(f"{kind}{shard}.{n}")
+    return tuple(tags)
+
+
+ROOM_TAGS = _spread_tags("rooms")
+ONLINE_TAGS = _spread_tags("online")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +105,45 @@ class Keys:
         return f"{self.prefix}:node:{{{node}}}:memberships"
 
     def node_connections(self, node: str) -> str:
-        """set of the node's connection ids."""
+        """*legacy* set of the node's connection ids (releases before ``node_clients``)."""
         return f"{self.prefix}:node:{{{node}}}:connections"
+
+    def node_clients(self, node: str) -> str:
+        """hash connectionId -> userId of the node's connections: what the janitor needs to
+        find a dead node's connections and their users in O(that node)."""
+        return f"{self.prefix}:node:{{{node}}}:clients"
+
+    def node_dashboard(self, node: str) -> str:
+        """pub/sub channel of the answers to the node's dashboard requests."""
+        return f"{self.prefix}:node:{{{node}}}:dashboard"
+
+    @property
+    def dashboard_channel(self) -> str:
+        """pub/sub channel of dashboard requests (``/dashboard/clients``): every node answers
+        from its own connections; the receiver count of the publish says how many answers."""
+        return f"{self.prefix}:{{dashboard}}:requests"
+
+    # --- sharded indexes (INDEX_SHARDS tags) --------------------------------------------------
+    def rooms_index(self, shard: int) -> str:
+        """zset (all scores 0) of the shard's rooms with members, for lexicographic paging."""
+        return f"{self.prefix}:{{{ROOM_TAGS[shard]}}}:index"
+
+    def rooms_members(self, shard: int) -> str:
+        """hash room -> member count (connections, cluster-wide) of the shard's rooms."""
+        return f"{self.prefix}:{{{ROOM_TAGS[shard]}}}:members"
+
+    def room_index_of(self, room: str) -> str:
+        return self.rooms_index(shard_of(room))
+
+    def room_members_of(self, room: str) -> str:
+        return self.rooms_members(shard_of(room))
+
+    def online_index(self, shard: int) -> str:
+        """zset (all scores 0) of the shard's users announced online, for counting and paging."""
+        return f"{self.prefix}:{{{ONLINE_TAGS[shard]}}}:users"
+
+    def online_index_of(self, user_id: str) -> str:
+        return self.online_index(shard_of(user_id))
 
     def user_connections(self, user_id: str) -> str:
         """set of a user's connection ids, cluster-wide (for ``disconnect``)."""
@@ -79,22 +151,22 @@ class Keys:
 
     @property
     def clients(self) -> str:
-        """zset (all scores 0) of connection ids, for lexicographic cursor paging."""
+        """*legacy* zset (all scores 0) of connection ids, for lexicographic cursor paging."""
         return f"{self.prefix}:{{g}}:clients"
 
     @property
     def client_info(self) -> str:
-        """hash connectionId -> JSON {userId, role, node, connectedAt}."""
+        """*legacy* hash connectionId -> JSON {userId, role, node, connectedAt}."""
         return f"{self.prefix}:{{g}}:clients:info"
 
     @property
     def rooms(self) -> str:
-        """zset (all scores 0) of rooms with members, for paging."""
+        """*legacy* zset (all scores 0) of rooms with members (now ``rooms_index``)."""
         return f"{self.prefix}:{{g}}:rooms"
 
     @property
     def room_members(self) -> str:
-        """hash room -> member count (connections)."""
+        """*legacy* hash room -> member count (now ``rooms_members``)."""
         return f"{self.prefix}:{{g}}:rooms:members"
 
     @property
@@ -173,12 +245,21 @@ class Keys:
 
     @property
     def presence_due(self) -> str:
-        """zset userId -> ms when the user's grace period ends (last connection closed)."""
+        """*legacy* zset userId -> ms when the user's grace period ends (now ``due_index``);
+        still settled, so users an old node released go offline after an upgrade."""
         return f"{self.prefix}:{{g}}:presence:due"
+
+    def due_index(self, shard: int) -> str:
+        """zset userId -> ms when the user's grace period ends (last connection closed), of the
+        users of one index shard."""
+        return f"{self.prefix}:{{{ONLINE_TAGS[shard]}}}:due"
+
+    def due_index_of(self, user_id: str) -> str:
+        return self.due_index(shard_of(user_id))
 
     @property
     def online_users(self) -> str:
-        """zset (all scores 0) of the users announced online, for counting and paging."""
+        """*legacy* zset of the users announced online (now ``online_index``)."""
         return f"{self.prefix}:{{g}}:online"
 
     @property

@@ -36,6 +36,7 @@ from gateway.backend.base import (
     ResyncHandler,
 )
 from gateway.backend.clients import async_client, kind_of
+from gateway.backend.dashboard_query import NodeQuery
 from gateway.backend.endpoint import Endpoint
 from gateway.backend.event_log import AsyncEventLog
 from gateway.backend.keys import Keys
@@ -107,6 +108,7 @@ class RedisBackend:
         self.client = client or make_client(url, cluster=cluster)
         self.state = RedisState(self.client, self.keys, node_lease_s=node_lease_s, cluster=cluster)
         self.event_log = AsyncEventLog(self.client, self.keys)  # the dashboard's summaries
+        self.query = NodeQuery(self.client, self.keys, self.state.local_clients, cluster=cluster)
         self.subscriptions = Subscriptions(
             make_topology(url, self.kind, self.client),
             sharded=cluster,
@@ -145,6 +147,7 @@ class RedisBackend:
             await self.subscriptions.subscribe(channels, impatient=True)
         except (ConnectionError, TimeoutError) as exc:  # the node logs it, once
             log.debug("Redis not reachable at startup (%s): retrying", exc)
+        await self.query.start(node_id, self.listen)
 
     async def close(self) -> None:
         if self._probe_task is not None:
@@ -153,6 +156,7 @@ class RedisBackend:
                 await self._probe_task
         for handle in self._pending_unsub.values():
             handle.cancel()
+        await self.query.close()
         await self.subscriptions.close()
         await self.event_log.aclose()
         await self.state.batch.aclose()
@@ -411,12 +415,13 @@ class RedisBackend:
 
     async def deregister(self) -> None:
         await self.state.remove_node(self._node_id)
+        self.state.local.clear()  # its connections are gone from the cluster's view
 
     async def nodes(self) -> list[dict[str, Any]]:
         return await self.state.nodes()
 
     async def list_clients(self, limit: int, cursor: str | None) -> Page:
-        return await self.state.list_clients(limit, cursor)
+        return await self.query.clients(limit, cursor)
 
     async def list_rooms(self, limit: int, cursor: str | None) -> Page:
         return await self.state.list_rooms(limit, cursor)

@@ -1,17 +1,19 @@
 """The Redis janitor: removes what dead nodes left behind, one dead node at a time.
 
 A sweep costs O(what the dead nodes held), never O(rooms or members): it walks the nodes index,
-and for each node whose lease expired it reads that node's own memberships and connections sets
-in chunks. Each chunk is removed by a script that checks the node's lease at the moment of
-deletion, so a node that re-registers during a long sweep keeps its live state, and that counts
-each membership by what ``SREM`` removed, so sweeps that overlap (two workers, a worker and
-``POST /dashboard/cleanup``, a retry after a lost reply) never count anything twice.
+and for each node whose lease expired it reads that node's own memberships set and clients hash
+(connectionId -> userId) in chunks. Each chunk is removed by a script that checks the node's
+lease at the moment of deletion, so a node that re-registers during a long sweep keeps its live
+state, and that counts each membership by what ``SREM`` removed, so sweeps that overlap (two
+workers, a worker and ``POST /dashboard/cleanup``, a retry after a lost reply) never count
+anything twice.
 
 On Redis Cluster a dead node's keys share its ``{node}`` slot but rooms and indexes live in other
-slots: a script there claims the chunk (same lease check, same exactly-once ``SREM``), then the
-room counts, presence and client indexes are updated slot by slot. Counts stay exact; the one
-window left is a node that re-registers between a claim and the presence ``HDEL`` of that chunk
-(one round trip): its entries in those presence hashes are missing until its next registration.
+slots: a script there claims the chunk (same lease check, same exactly-once removal), then the
+room counts, presence and the users' connection sets are updated slot by slot. Counts stay
+exact; the one window left is a node that re-registers between a claim and the presence
+``HDEL`` of that chunk (one round trip): its entries in those presence hashes are missing until
+its next registration.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 
 from gateway.backend import scripts
 from gateway.backend.keys import Keys
+from gateway.backend.room_index import count_rooms
 
 log = logging.getLogger("gateway.janitor")
 
@@ -33,6 +36,7 @@ CHUNK = 500  # memberships or connections per script call: bounded work per Redi
 
 MEMBERSHIPS = "janitor_memberships"
 CONNECTIONS = "janitor_connections"
+CLIENTS = "janitor_clients"
 CLAIM = "janitor_claim"
 FORGET = "janitor_forget"
 
@@ -90,11 +94,24 @@ class Sweeper:
 
     async def sweep_node(self, node: str, score: float | None) -> Removed:
         """Remove a dead node's memberships, connections and index entry, chunk by chunk, as
-        long as its lease stays expired. ``score``: its index score when the sweep began."""
+        long as its lease stays expired. ``score``: its index score when the sweep began.
+
+        A node of a release before the sharded indexes (a rolling upgrade) is told by its
+        legacy connections set: its memberships were counted in the legacy ``{g}`` room index,
+        and its connections' users are in the legacy client info."""
         removed = Removed()
+        legacy = bool(await self.client.exists(self.keys.node_connections(node)))
+
+        async def memberships(node: str, chunk: list[str], removed: Removed) -> None:
+            await self._memberships(node, chunk, removed, legacy)
+
         try:
-            await self._drain(self.keys.node_memberships(node), node, removed, self._memberships)
-            await self._drain(self.keys.node_connections(node), node, removed, self._connections)
+            await self._drain(self.keys.node_memberships(node), node, removed, memberships)
+            await self._drain_clients(node, removed)
+            if legacy:
+                await self._drain(
+                    self.keys.node_connections(node), node, removed, self._legacy_connections
+                )
         except NodeAlive:
             log.info("node %s is alive again: its state stays", node)
             return removed
@@ -106,21 +123,39 @@ class Sweeper:
         while chunk := [_s(m) for m in await self.client.srandmember(key, CHUNK)]:
             await step(node, chunk, removed)
 
+    async def _drain_clients(self, node: str, removed: Removed) -> None:
+        key = self.keys.node_clients(node)
+        while flat := await self.client.hrandfield(key, CHUNK, withvalues=True):
+            pairs = [(_s(flat[i]), _s(flat[i + 1])) for i in range(0, len(flat), 2)]
+            await self._clients(node, pairs, removed)
+
     # --- memberships --------------------------------------------------------------------------
-    async def _memberships(self, node: str, chunk: list[str], removed: Removed) -> None:
+    def _count_keys(self, room: str, legacy: bool) -> tuple[str, str]:
+        k = self.keys
+        if legacy:
+            return k.room_members, k.rooms
+        return k.room_members_of(room), k.room_index_of(room)
+
+    async def _memberships(
+        self, node: str, chunk: list[str], removed: Removed, legacy: bool
+    ) -> None:
         if self.cluster:
-            await self._memberships_cluster(node, chunk, removed)
+            await self._memberships_cluster(node, chunk, removed, legacy)
             return
         k = self.keys
-        keys = [k.node_lease(node), k.node_memberships(node), k.room_members, k.rooms]
-        keys += [k.room_presence(m.split(SEP, 1)[0]) for m in chunk]
+        keys = [k.node_lease(node), k.node_memberships(node)]
+        for member in chunk:
+            room = member.split(SEP, 1)[0]
+            keys += [k.room_presence(room), *self._count_keys(room, legacy)]
         gone, presence = await scripts.load(MEMBERSHIPS).run(self.client, keys, chunk)
         if int(gone) < 0:
             raise NodeAlive(node)
         removed.memberships += int(gone)
         removed.presence += int(presence)
 
-    async def _memberships_cluster(self, node: str, chunk: list[str], removed: Removed) -> None:
+    async def _memberships_cluster(
+        self, node: str, chunk: list[str], removed: Removed, legacy: bool
+    ) -> None:
         claimed = await self._claim(self.keys.node_memberships(node), node, chunk)
         by_room: dict[str, list[str]] = {}
         for member in claimed:
@@ -130,18 +165,44 @@ class Sweeper:
         for room, conns in by_room.items():
             pipe.hdel(self.keys.room_presence(room), *conns)
         results = await pipe.execute() if by_room else []
-        by_delta: dict[int, list[str]] = {}  # one count update per distinct decrement
-        for room, conns in by_room.items():
-            by_delta.setdefault(-len(conns), []).append(room)
-        for delta, rooms in by_delta.items():
-            await scripts.load(scripts.ROOM_COUNT).run(
-                self.client, [self.keys.room_members, self.keys.rooms], [delta, *rooms]
-            )
+        deltas = {room: -len(conns) for room, conns in by_room.items()}
+        if legacy:
+            by_delta: dict[int, list[str]] = {}  # one count update per distinct decrement
+            for room, delta in deltas.items():
+                by_delta.setdefault(delta, []).append(room)
+            for delta, rooms in by_delta.items():
+                await scripts.load(scripts.ROOM_COUNT).run(
+                    self.client, [self.keys.room_members, self.keys.rooms], [delta, *rooms]
+                )
+        elif deltas:
+            await count_rooms(self.client, self.keys, deltas)
         removed.memberships += len(claimed)
         removed.presence += sum(int(r) for r in results)
 
     # --- connections --------------------------------------------------------------------------
-    async def _connections(self, node: str, chunk: list[str], removed: Removed) -> None:
+    async def _clients(self, node: str, pairs: list[tuple[str, str]], removed: Removed) -> None:
+        """Connections of the node's clients hash (connectionId -> userId)."""
+        k = self.keys
+        if self.cluster:
+            users = dict(pairs)
+            claimed = await self._claim(k.node_clients(node), node, list(users))
+            pipe = self.client.pipeline(transaction=False)
+            for conn in claimed:
+                pipe.srem(k.user_connections(users[conn]), conn)
+            if claimed:
+                await pipe.execute()
+            removed.connections += len(claimed)
+            return
+        keys = [k.node_lease(node), k.node_clients(node)]
+        keys += [k.user_connections(user) for _, user in pairs]
+        args = [conn for conn, _ in pairs]
+        gone = int(await scripts.load(CLIENTS).run(self.client, keys, args))
+        if gone < 0:
+            raise NodeAlive(node)
+        removed.connections += gone
+
+    async def _legacy_connections(self, node: str, chunk: list[str], removed: Removed) -> None:
+        """Connections of a node of an earlier release (legacy set and client info)."""
         k = self.keys
         infos = await self.client.hmget(k.client_info, chunk)
         users = [_user_of(info) for info in infos]
@@ -177,6 +238,7 @@ class Sweeper:
         keys = [k.nodes]
         if not self.cluster:
             keys += [k.node_lease(node), k.node_memberships(node), k.node_connections(node)]
+            keys.append(k.node_clients(node))
         elif await self._holds_anything(node):
             return 0
         return int(await scripts.load(FORGET).run(self.client, keys, [node, int(score)]))
@@ -186,6 +248,7 @@ class Sweeper:
         pipe.exists(self.keys.node_lease(node))
         pipe.scard(self.keys.node_memberships(node))
         pipe.scard(self.keys.node_connections(node))
+        pipe.hlen(self.keys.node_clients(node))
         return any(int(r) for r in await pipe.execute())
 
 

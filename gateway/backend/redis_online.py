@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.backend import scripts
-from gateway.backend.keys import Keys
+from gateway.backend.keys import INDEX_SHARDS, Keys
 from gateway.backend.online import (
     IP,
     OFFLINE_TTL_S,
@@ -127,7 +127,7 @@ class RedisOnline:
         else:
             keys.append(self.keys.node_held(node))
             if kind == USER:
-                keys += [self.keys.presence_stream, self.keys.online_users]
+                keys += [self.keys.presence_stream, self.keys.online_index_of(key)]
         now = _now_ms()
         args: list[Any] = [
             node,
@@ -139,13 +139,15 @@ class RedisOnline:
             role,
             self.stream_maxlen,
         ]
-        admitted, count, came_online = await self._run(ACQUIRE, keys, args)
+        admitted, count, came_online, index = await self._run(ACQUIRE, keys, args)
         if self.cluster:
             if not admitted:
                 await self.client.hincrby(self.keys.node_held(node), field, -1)
-            elif came_online:
-                await self._append(key, role, True, now)
-                await self.client.zadd(self.keys.online_users, {key: 0})
+            else:
+                if came_online:
+                    await self._append(key, role, True, now)
+                if int(index):
+                    await self.client.zadd(self.keys.online_index_of(key), {key: 0})
         return Admission(bool(admitted), int(count), bool(came_online))
 
     async def release(self, node: str, kind: str, key: str, count: int | None = 1) -> int:
@@ -154,13 +156,13 @@ class RedisOnline:
         if not self.cluster:
             keys.append(self.keys.node_held(node))
             if kind == USER:
-                keys.append(self.keys.presence_due)
+                keys.append(self.keys.due_index_of(key))
         grace = self.grace_ms if count is not None else 0  # a dead node's users: due now
         args = [node, field, _now_ms(), "" if count is None else count, key if kind == USER else ""]
         total, due = await self._run(RELEASE, keys, [*args, grace])
         if self.cluster:
             if int(due):
-                await self.client.zadd(self.keys.presence_due, {key: int(due)})
+                await self.client.zadd(self.keys.due_index_of(key), {key: int(due)})
             await self._unheld(node, field, count)
         return int(total)
 
@@ -191,30 +193,46 @@ class RedisOnline:
 
     # --- online status ------------------------------------------------------------------------
     async def settle_due(self, now_ms: int) -> list[PresenceChange]:
-        due_key = self.keys.presence_due
-        [flat] = await self._exec(
-            ("ZRANGEBYSCORE", due_key, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, SETTLE_BATCH)
+        """Users whose grace period ended, from every due shard (and the legacy ``{g}`` set an
+        earlier release wrote, so its users still go offline after an upgrade)."""
+        due_keys = [self.keys.due_index(shard) for shard in range(INDEX_SHARDS)]
+        due_keys.append(self.keys.presence_due)
+        found = await self._exec(
+            *(
+                ("ZRANGEBYSCORE", key, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, SETTLE_BATCH)
+                for key in due_keys
+            )
         )
-        due = _pairs(flat)
+        due = sorted(  # in the order the grace periods ended, as from one set
+            (score, _s(raw_user), due_key)
+            for due_key, flat in zip(due_keys, found, strict=True)
+            for raw_user, score in _pairs(flat)
+        )
         changes = []
-        for raw_user, score in due:
-            user_id = _s(raw_user)
-            keys = [self.keys.user_online(user_id)]
-            if not self.cluster:
-                keys += [self.keys.presence_stream, self.keys.presence_due, self.keys.online_users]
-            args = [user_id, now_ms, self.stream_maxlen, OFFLINE_TTL_S, int(score)]
-            status, role, ts = await self._run(SETTLE, keys, args)
-            if int(status) == 1:
-                change_id = ""
-                if self.cluster:
-                    change_id = await self._append(user_id, _s(role), False, int(ts))
-                    await self.client.zrem(self.keys.online_users, user_id)
-                changes.append(PresenceChange(change_id, user_id, _s(role), False, int(ts)))
-            if self.cluster and int(status) != 0:
-                await scripts.load(ZREM_IF).run(
-                    self.client, [self.keys.presence_due], [user_id, int(score)]
-                )
+        for score, user_id, due_key in due:
+            change = await self._settle(user_id, due_key, score, now_ms)
+            if change is not None:
+                changes.append(change)
         return changes
+
+    async def _settle(
+        self, user_id: str, due_key: str, score: float, now_ms: int
+    ) -> PresenceChange | None:
+        keys = [self.keys.user_online(user_id)]
+        if not self.cluster:
+            keys += [self.keys.presence_stream, due_key, self.keys.online_index_of(user_id)]
+        args = [user_id, now_ms, self.stream_maxlen, OFFLINE_TTL_S, int(score)]
+        status, role, ts = await self._run(SETTLE, keys, args)
+        change = None
+        if int(status) == 1:
+            change_id = ""
+            if self.cluster:
+                change_id = await self._append(user_id, _s(role), False, int(ts))
+                await self.client.zrem(self.keys.online_index_of(user_id), user_id)
+            change = PresenceChange(change_id, user_id, _s(role), False, int(ts))
+        if self.cluster and int(status) != 0:
+            await scripts.load(ZREM_IF).run(self.client, [due_key], [user_id, int(score)])
+        return change
 
     async def _append(self, user_id: str, role: str, online: bool, ts: int) -> str:
         fields = {"userId": user_id, "role": role, "online": "1" if online else "0", "ts": ts}
@@ -227,12 +245,16 @@ class RedisOnline:
         return await online_status(self.client, self.keys, user_ids, now_ms)
 
     async def online_users(self, limit: int, cursor: str | None) -> tuple[list[str], int]:
+        """Merged from the index shards: each shard's first ``limit + 1`` after the cursor."""
         start = f"({cursor}" if cursor else "-"
-        key = self.keys.online_users
-        names, total = await self._exec(
-            ("ZRANGE", key, start, "+", "BYLEX", "LIMIT", 0, limit + 1), ("ZCARD", key)
-        )
-        return [_s(n) for n in names], int(total)
+        commands: list[tuple[Any, ...]] = []
+        for shard in range(INDEX_SHARDS):
+            key = self.keys.online_index(shard)
+            commands.append(("ZRANGE", key, start, "+", "BYLEX", "LIMIT", 0, limit + 1))
+            commands.append(("ZCARD", key))
+        results = await self._exec(*commands)
+        names = sorted(_s(n) for found in results[0::2] for n in found)
+        return names[: limit + 1], sum(int(n) for n in results[1::2])
 
     async def close(self) -> None:
         pass

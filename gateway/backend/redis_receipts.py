@@ -11,7 +11,7 @@ Sync and asyncio clients share the command builders, for the node, the worker an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.backend import scripts
@@ -104,10 +104,21 @@ async def read_async(client: Any, keys: Keys, event_id: str) -> dict[str, RoomRe
     return parse_rooms(offsets, rooms, await pipe.execute())
 
 
+def _queue_members(pipe: Any, keys: Keys, rooms: Iterable[str]) -> Any:
+    """The rooms' member counts (each in its index shard: one round trip per shard's server)."""
+    for room in rooms:
+        pipe.hget(keys.room_members_of(room), room)
+    return pipe
+
+
 def write_index_sync(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
-    members = client.hmget(keys.room_members, list(offsets))
+    if len(offsets) == 1:  # the usual case: one command, no pipeline
+        [room] = offsets
+        members = [client.hget(keys.room_members_of(room), room)]
+    else:
+        members = _queue_members(client.pipeline(transaction=False), keys, offsets).execute()
     pipe = client.pipeline(transaction=False)
     queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     pipe.execute()
@@ -116,7 +127,12 @@ def write_index_sync(
 async def write_index_async(
     client: Any, keys: Keys, event_id: str, offsets: Mapping[str, int], ttl_s: int
 ) -> None:
-    members = await client.hmget(keys.room_members, list(offsets))
+    if len(offsets) == 1:  # the usual case: one command, no pipeline
+        [room] = offsets
+        members = [await client.hget(keys.room_members_of(room), room)]
+    else:
+        pipe = _queue_members(client.pipeline(transaction=False), keys, offsets)
+        members = await pipe.execute()
     pipe = client.pipeline(transaction=False)
     queue_index(pipe, keys, event_id, offsets, ttl_s, members)
     await pipe.execute()
@@ -156,7 +172,17 @@ class RedisReceipts:
         for room, event_id in items:
             pipe.hmget(self.keys.receipts(room, event_id), ["o", "c", "m"])
         out = {}
+        unindexed = []
         for item, (offset, acked, members) in zip(items, await pipe.execute(), strict=True):
             if offset is not None:  # the event asked for receipts, and they are still kept
                 out[item] = (int(acked or 0), int(members or 0))
+                if members is None:
+                    unindexed.append(item)
+        if unindexed:
+            # published a moment ago, its publisher's index not written yet: the room's count
+            # now is what that index is about to record (members at publish)
+            rooms = [room for room, _ in unindexed]
+            pipe = _queue_members(self.client.pipeline(transaction=False), self.keys, rooms)
+            for item, members in zip(unindexed, await pipe.execute(), strict=True):
+                out[item] = (out[item][0], int(members or 0))
         return out

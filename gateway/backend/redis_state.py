@@ -1,16 +1,20 @@
-"""Cluster-wide state in Redis: connections, memberships, presence, node leases, dashboard
-indexes, and the janitor that removes what dead nodes left behind. Used by nodes and the worker.
+"""Cluster-wide state in Redis: connections, memberships, presence, node leases, the sharded
+room index, and the janitor that removes what dead nodes left behind. Used by nodes and the
+worker.
 
 Never KEYS or SCAN: every question is answered from named indexes of bounded size. A node's
 memberships set is the truth about who is in which room: room counts change by what ``SADD`` /
 ``SREM`` on it changed. Broadcast rooms (``all_clientes``, ``all_proveedores``) keep a count
 only, no presence hash: every cliente is in ``all_clientes``, and ``presence`` of it answers the
-count.
+count. No connect, join or leave writes the global ``{g}`` slot: room counts and the rooms index
+live in the room's index shard (``keys.shard_of``), a connection's user in its node's clients
+hash, and what the dashboard lists about a connection only in its node's memory (``local``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections import Counter
@@ -22,9 +26,10 @@ import orjson
 from gateway.backend import event_log, scripts
 from gateway.backend.base import ConnectionInfo, NodeStats, Page, PresenceMember
 from gateway.backend.batch import make_batcher
-from gateway.backend.keys import Keys
+from gateway.backend.keys import INDEX_SHARDS, Keys
 from gateway.backend.leases import Lease, LeaseBusy, run_under_lease
 from gateway.backend.redis_janitor import Sweeper
+from gateway.backend.room_index import count_rooms
 from gateway.rooms import is_broadcast_room
 
 log = logging.getLogger("gateway.redis")
@@ -54,69 +59,83 @@ class RedisState:
         # A node that writes before its first heartbeat still indexes itself, so the janitor
         # finds what it leaves behind.
         self._indexed: set[str] = set()
+        # This node's connections and their rooms: the dashboard's list of clients is answered
+        # from here (every node answers for its own), not from an index every connect writes.
+        self.local: dict[str, tuple[ConnectionInfo, tuple[str, ...]]] = {}
 
     # --- connections and memberships ---------------------------------------------------------
-    def _client_json(self, conn: ConnectionInfo, rooms: Sequence[str]) -> bytes:
-        return orjson.dumps(
-            {
-                "connectionId": conn.connection_id,
-                "userId": conn.user_id,
-                "role": conn.role,
-                "node": conn.node,
-                "rooms": sorted(rooms),
-                "connectedAt": conn.connected_at_ms,
-            }
-        )
-
     # One round trip per connect, join, leave and disconnect on a single Redis: the membership
-    # script keeps presence and the room index exact. Redis Cluster spreads these keys over
-    # slots, so there the same steps run as separate calls (``_*_cluster``).
+    # script keeps presence and the sharded room index exact. Redis Cluster spreads these keys
+    # over slots, so there the same steps run as separate calls (``_*_cluster``). Nothing here
+    # writes a global slot: the dashboard's list of clients is answered by the nodes from
+    # ``local`` (dashboard_query.py), and rooms are indexed in the shard of their name.
+
+    def _room_keys(self, rooms: Sequence[str]) -> list[str]:
+        k = self.keys
+        keys: list[str] = []
+        for room in rooms:
+            keys += [k.room_presence(room), k.room_members_of(room), k.room_index_of(room)]
+        return keys
 
     def _membership(
-        self, pipe: Any, conn: ConnectionInfo, delta: int, rooms: Sequence[str], info: bytes
+        self, pipe: Any, conn: ConnectionInfo, delta: int, rooms: Sequence[str]
     ) -> None:
         k = self.keys
-        keys = [k.node_memberships(conn.node), k.client_info, k.room_members, k.rooms, k.nodes]
-        keys += [k.room_presence(room) for room in rooms]
+        keys = [k.node_memberships(conn.node), k.nodes, *self._room_keys(rooms)]
         value = SEP.join((conn.user_id, conn.role, conn.node))
         flags = "".join("0" if is_broadcast_room(room) else "1" for room in rooms)
         script = scripts.load(scripts.MEMBERSHIP)
         score = "" if conn.node in self._indexed else _now_ms()
-        args = (delta, conn.connection_id, value, info, conn.node, score, flags)
+        args = (delta, conn.connection_id, value, conn.node, score, flags)
         pipe.evalsha(script.sha, len(keys), *keys, *args, *rooms)
 
     def _queue_connection(self, pipe: Any, conn: ConnectionInfo, add: bool) -> None:
         k = self.keys
         if add:
-            pipe.sadd(k.node_connections(conn.node), conn.connection_id)
+            pipe.execute_command(
+                "HSET", k.node_clients(conn.node), conn.connection_id, conn.user_id
+            )
             pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
-            pipe.zadd(k.clients, {conn.connection_id: 0})
+            if conn.node not in self._indexed:  # before its first heartbeat: findable anyway
+                pipe.execute_command("ZADD", k.nodes, "NX", _now_ms(), conn.node)
         else:
-            pipe.srem(k.node_connections(conn.node), conn.connection_id)
+            pipe.execute_command("HDEL", k.node_clients(conn.node), conn.connection_id)
             pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
-            pipe.zrem(k.clients, conn.connection_id)
+
+    def _remember(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        """The connection's rooms after a join or leave, unless it closed meanwhile."""
+        if conn.connection_id in self.local:
+            self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
 
     async def add_connection(self, conn: ConnectionInfo, rooms: Sequence[str] = ()) -> None:
         """Register a connection and join it to ``rooms``."""
-        if self.cluster:
-            await self._add_connection_cluster(conn, rooms)
-            return
-        info = self._client_json(conn, rooms)
+        # listed from now (a close racing this add pops it), unless the add fails
+        self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
+        try:
+            if self.cluster:
+                await self._add_connection_cluster(conn, rooms)
+                return
 
-        def queue(pipe: Any) -> None:
-            self._queue_connection(pipe, conn, add=True)
-            self._membership(pipe, conn, 1, rooms, info)
+            def queue(pipe: Any) -> None:
+                self._queue_connection(pipe, conn, add=True)
+                if rooms:
+                    self._membership(pipe, conn, 1, rooms)
 
-        await self.batch.run(queue)
+            await self.batch.run(queue)
+        except BaseException:
+            self.local.pop(conn.connection_id, None)
+            raise
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
+        self.local.pop(conn.connection_id, None)
         if self.cluster:
             await self._remove_connection_cluster(conn, rooms)
             return
 
         def queue(pipe: Any) -> None:
             self._queue_connection(pipe, conn, add=False)
-            self._membership(pipe, conn, -1, rooms, b"")
+            if rooms:
+                self._membership(pipe, conn, -1, rooms)
 
         await self.batch.run(queue)
 
@@ -136,94 +155,81 @@ class RedisState:
         room's history read), whose result is returned."""
         if self.cluster:
             first = await before[0].run(self.client, before[1], before[2]) if before else None
-            await self._join_cluster(conn, rooms, all_rooms)
+            await self._join_cluster(conn, rooms)
+            self._remember(conn, all_rooms)
             return first
-        info = self._client_json(conn, all_rooms)
 
         def queue(pipe: Any) -> None:
             if before is not None:
                 script, keys, args = before
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
-            self._membership(pipe, conn, 1, rooms, info)
+            self._membership(pipe, conn, 1, rooms)
 
         results = await self.batch.run(queue)
+        self._remember(conn, all_rooms)
         return results[0] if before is not None else None
 
     async def leave(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None:
         if self.cluster:
-            await self._leave_cluster(conn, rooms, all_rooms)
-            return
-        info = self._client_json(conn, all_rooms)
-        await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms, info))
+            await self._leave_cluster(conn, rooms)
+        else:
+            await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms))
+        self._remember(conn, all_rooms)
 
     # --- Redis Cluster: the same steps, one slot at a time -------------------------------------
     async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._queue_connection(pipe, conn, add=True)
-        if not rooms:  # else the join writes the client's info (one {g} write, not two)
-            pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, rooms))
         await pipe.execute()
         if rooms:
-            await self._join_cluster(conn, rooms, rooms)
+            await self._join_cluster(conn, rooms)
 
     async def _remove_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._queue_leave(pipe, conn, rooms)
         self._queue_connection(pipe, conn, add=False)
-        pipe.hdel(self.keys.client_info, conn.connection_id)
         results = await pipe.execute()
-        gone = [room for room, r in zip(rooms, results[1::2], strict=False) if int(r) == 1]
+        gone = [room for room, r in zip(rooms, results, strict=False) if int(r) == 1]
         if gone:
             await self._count(-1, gone)
 
-    async def _join_cluster(
-        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
-    ) -> None:
+    async def _join_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         k = self.keys
         value = SEP.join((conn.user_id, conn.role, conn.node))
         pipe = self.client.pipeline(transaction=False)
         for room in rooms:
             pipe.sadd(k.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
+        for room in rooms:
             if not is_broadcast_room(room):
                 pipe.hset(k.room_presence(room), conn.connection_id, value)
-        pipe.hset(k.client_info, conn.connection_id, self._client_json(conn, all_rooms))
         if conn.node not in self._indexed:
             pipe.zadd(k.nodes, {conn.node: _now_ms()}, nx=True)
         results = await pipe.execute()
         # count only memberships that are new (SADD answers 1 for a new member)
-        added = iter(results)
-        new_rooms = []
-        for room in rooms:
-            if int(next(added)) == 1:
-                new_rooms.append(room)
-            if not is_broadcast_room(room):
-                next(added)
+        new_rooms = [room for room, r in zip(rooms, results, strict=False) if int(r) == 1]
         if new_rooms:
             await self._count(1, new_rooms)
 
-    async def _leave_cluster(
-        self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
-    ) -> None:
+    async def _leave_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
         self._queue_leave(pipe, conn, rooms)
-        pipe.hset(self.keys.client_info, conn.connection_id, self._client_json(conn, all_rooms))
         results = await pipe.execute()
-        gone = [room for room, r in zip(rooms, results[1::2], strict=False) if int(r) == 1]
+        gone = [room for room, r in zip(rooms, results, strict=False) if int(r) == 1]
         if gone:
             await self._count(-1, gone)
 
     def _queue_leave(self, pipe: Any, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
-        """HDEL, SREM per room: the SREM answers are what counts (results[1::2])."""
+        """SREM per room (their answers are what counts: results[:len(rooms)]), then HDEL."""
         for room in rooms:
-            pipe.hdel(self.keys.room_presence(room), conn.connection_id)
             pipe.srem(self.keys.node_memberships(conn.node), f"{room}{SEP}{conn.connection_id}")
+        for room in rooms:
+            if not is_broadcast_room(room):
+                pipe.hdel(self.keys.room_presence(room), conn.connection_id)
 
     async def _count(self, delta: int, rooms: Sequence[str]) -> None:
-        await scripts.load(scripts.ROOM_COUNT).run(
-            self.client, [self.keys.room_members, self.keys.rooms], [delta, *rooms]
-        )
+        await count_rooms(self.client, self.keys, {room: delta for room in rooms})
 
     async def presence(self, room: str) -> list[PresenceMember]:
         """The room's members, without those of dead nodes the janitor has not swept yet: the
@@ -247,7 +253,7 @@ class RedisState:
 
     async def room_count(self, room: str) -> int:
         """Connections in the room, cluster-wide: one field read whatever the room's size."""
-        return int(await self.client.hget(self.keys.room_members, room) or 0)
+        return int(await self.client.hget(self.keys.room_members_of(room), room) or 0)
 
     async def user_connections(self, user_id: str) -> int:
         return int(await self.client.scard(self.keys.user_connections(user_id)))
@@ -283,31 +289,48 @@ class RedisState:
         return out
 
     # --- dashboard lists ----------------------------------------------------------------------
-    async def _lex_page(self, index: str, limit: int, cursor: str | None) -> tuple[list[str], int]:
+    async def list_rooms(self, limit: int, cursor: str | None) -> Page:
+        """The rooms with members, in name order, merged from the index shards: each shard's
+        first ``limit + 1`` after the cursor, so the first ``limit`` of the merge are exact."""
+        k = self.keys
         start = f"({cursor}" if cursor else "-"
         pipe = self.client.pipeline(transaction=False)
-        pipe.zrange(index, start, "+", bylex=True, offset=0, num=limit + 1)
-        pipe.zcard(index)
-        names, total = await pipe.execute()
-        return [_s(n) for n in names], int(total)
-
-    async def list_clients(self, limit: int, cursor: str | None) -> Page:
-        ids, total = await self._lex_page(self.keys.clients, limit, cursor)
-        more = len(ids) > limit
-        ids = ids[:limit]
-        infos = await self.client.hmget(self.keys.client_info, ids) if ids else []
-        items = [orjson.loads(info) for info in infos if info is not None]
-        return Page(items=items, total=total, next_cursor=ids[-1] if more else None)
-
-    async def list_rooms(self, limit: int, cursor: str | None) -> Page:
-        rooms, total = await self._lex_page(self.keys.rooms, limit, cursor)
-        more = len(rooms) > limit
-        rooms = rooms[:limit]
-        counts = await self.client.hmget(self.keys.room_members, rooms) if rooms else []
+        for shard in range(INDEX_SHARDS):
+            pipe.zrange(k.rooms_index(shard), start, "+", bylex=True, offset=0, num=limit + 1)
+            pipe.zcard(k.rooms_index(shard))
+        results = await pipe.execute()
+        merged = sorted(_s(n) for names in results[0::2] for n in names)
+        total = sum(int(n) for n in results[1::2])
+        more = len(merged) > limit
+        rooms = merged[:limit]
+        pipe = self.client.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hget(k.room_members_of(room), room)
+        counts = await pipe.execute() if rooms else []
         items = [
             {"room": room, "members": int(c or 0)} for room, c in zip(rooms, counts, strict=True)
         ]
         return Page(items=items, total=total, next_cursor=rooms[-1] if more else None)
+
+    def local_clients(self, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], int]:
+        """This node's connections after ``cursor`` (the first ``limit + 1`` by id), and how
+        many it has: its answer to a dashboard request."""
+        after = (c for c in self.local if cursor is None or c > cursor)
+        ids = heapq.nsmallest(limit + 1, after)  # O(n log limit) on a node of 50,000
+        items = []
+        for conn_id in ids:
+            conn, rooms = self.local[conn_id]
+            items.append(
+                {
+                    "connectionId": conn.connection_id,
+                    "userId": conn.user_id,
+                    "role": conn.role,
+                    "node": conn.node,
+                    "rooms": list(rooms),
+                    "connectedAt": conn.connected_at_ms,
+                }
+            )
+        return items, len(self.local)
 
     async def recent_events(self, limit: int, cursor: str | None) -> Page:
         """Newest first, from the event log the publishing processes flush (event_log.py); the

@@ -46,6 +46,17 @@ async def probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
     if request.param == "memory":
         yield Probe(MemoryOnline(grace_ms=GRACE_MS, stream_maxlen=1000))
         return
+    async for made in _redis_probe(request):
+        yield made
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def redis_probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
+    async for made in _redis_probe(request):
+        yield made
+
+
+async def _redis_probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
     cluster = request.param == "cluster"
     if cluster:
         request.applymarker(pytest.mark.cluster)
@@ -188,3 +199,60 @@ async def test_an_offline_users_record_expires_and_coming_back_keeps_it(probe: P
     assert await probe.changes() == [("8", True), ("8", False), ("8", True)]
     status = (await s.online(["8"], now_ms()))["8"]
     assert (status.online, status.connections) == (True, 2)
+
+
+async def test_online_users_page_in_id_order_and_count_everyone(probe: Probe) -> None:
+    s = probe.store
+    users = [f"u{i:02d}" for i in range(40)]  # spread over the Redis index shards
+    for user in users:
+        await s.acquire("a", USER, user, role="cliente")
+    listed: list[str] = []
+    cursor = None
+    while True:
+        names, total = await s.online_users(7, cursor)
+        assert total == 40
+        page = names[:7]
+        listed += page
+        if len(names) <= 7:
+            break
+        cursor = page[-1]
+    assert listed == users
+    await s.release("a", USER, "u03")
+    await probe.settle_after_grace()
+    names, total = await s.online_users(100, None)
+    assert total == 39 and "u03" not in names
+
+
+async def test_users_of_the_legacy_g_indexes_are_settled_and_indexed(
+    redis_probe: Probe,
+) -> None:
+    """A rolling upgrade: a node of an earlier release announced user 5 online (``{g}:online``,
+    no ``ix`` mark) and put user 6, whose last connection it closed, in ``{g}:presence:due``."""
+    probe = redis_probe
+    s, client, keys = probe.store, probe.client, probe.keys
+    assert keys is not None
+    past = now_ms() - 1000
+    await client.hset(keys.user_online("5"), mapping={"n:old": 1, "role": "cliente", "on": 1})
+    await client.zadd(keys.online_users, {"5": 0})
+    await client.hset(keys.user_online("6"), mapping={"role": "cliente", "on": 1, "off": past})
+    await client.zadd(keys.presence_due, {"6": past})
+
+    assert (await s.online_users(10, None)) == ([], 0)
+    assert (await s.acquire("new", USER, "5", role="cliente")).came_online is False
+    assert (await s.online_users(10, None)) == (["5"], 1)
+    await s.acquire("new", USER, "5", role="cliente")  # marked: no second index write
+    assert await client.hget(keys.user_online("5"), "ix") == b"1"
+
+    changes = await s.settle_due(now_ms())
+    assert [(c.user_id, c.online) for c in changes] == [("6", False)]
+    assert await client.zcard(keys.presence_due) == 0
+    assert not (await s.online(["6"], now_ms()))["6"].online
+
+    await s.release("new", USER, "5")
+    await s.release("new", USER, "5")
+    await s.release("old", USER, "5")  # its last connection, closed after the upgrade
+    assert await client.zscore(keys.due_index_of("5"), "5") is not None
+    assert await client.zcard(keys.presence_due) == 0  # nothing new in the {g} slot
+    await probe.settle_after_grace()
+    assert (await s.online_users(10, None)) == ([], 0)
+    assert await client.hget(keys.user_online("5"), "ix") == b"0"

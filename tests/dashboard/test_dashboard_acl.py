@@ -60,7 +60,7 @@ async def test_every_endpoint_and_cleanup_work_without_scanning(
         page = await dash_get(http, base, "/dashboard")
         assert "django" in page
         clients, _ = await walk(http, base, "/dashboard/clients", "clients", limit=1)
-        assert len(clients) == 5  # three live, two of the ghost until the cleanup
+        assert len(clients) == 3  # the live nodes answer for their own; the ghost has no process
         rooms, _ = await walk(http, base, "/dashboard/rooms", "rooms", limit=1)
         assert {"room": "service_1", "members": 2} in rooms
         events, _ = await walk(http, base, "/dashboard/events", "events", limit=1)

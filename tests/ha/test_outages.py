@@ -145,7 +145,8 @@ async def test_a_refused_subscribe_fails_that_join_at_once_and_nothing_else(
     from gateway.backend.redis import RedisBackend
     from gateway.backend.subscriptions import SubscribeError
 
-    acl = ["&gateway:control", "&gateway:node:*", "&gateway:room:{service_1}:ch"]
+    acl = ["&gateway:control", "&gateway:{dashboard}:requests", "&gateway:node:*"]
+    acl.append("&gateway:room:{service_1}:ch")
     server = redis_factory(
         extra_args=["--user", "default", "off", "--user", "app", "on", ">pw", "~*", "+@all", *acl]
     )

@@ -30,6 +30,12 @@ async def _clients(http: Any, node: Any) -> list[dict[str, Any]]:
         return list((await response.json())["clients"])
 
 
+async def _rooms(http: Any, node: Any) -> dict[str, int]:
+    async with http.get(f"{node.http_url}/dashboard/rooms", headers=DASHBOARD) as response:
+        assert response.status == 200
+        return {r["room"]: r["members"] for r in (await response.json())["rooms"]}
+
+
 async def _presence(ws: WsClient, room: str) -> list[dict[str, Any]]:
     reply = await ws.request("presence", {"room": room})
     assert reply["event"] == "presence", reply
@@ -61,6 +67,7 @@ async def test_a_killed_nodes_connections_leave_cluster_state_within_lease_plus_
     make_node: Any,
     start_worker: StartWorker,
     http: Any,
+    aredis: Any,
 ) -> None:
     observer = await make_node(redis_server.url)
     watcher = await observer.client(http, token="admin-1")
@@ -75,17 +82,22 @@ async def test_a_killed_nodes_connections_leave_cluster_state_within_lease_plus_
     assert [m["userId"] for m in await _presence(watcher, "service_77")] == ["77"]
 
     proc.kill()
+    # the dashboard's clients are answered by the live nodes: the dead one's are not listed
+    assert [c["node"] for c in await _clients(http, observer)] == [observer.node.node_id]
 
     async def gone() -> bool:
-        return all(c["node"] != proc.node_id for c in await _clients(http, observer))
+        rooms = await _rooms(http, observer)
+        return "service_77" not in rooms and not await aredis.exists(clients_key)
 
+    clients_key = KEYS.node_clients(proc.node_id)
     took = await eventually(gone, 10, "the dead node's connections removed")
     assert took < 2 + 0.5 + 1.5  # lease + one period (+ scheduling slack)
-    assert [c["node"] for c in await _clients(http, observer)] == [observer.node.node_id]
     assert await _presence(watcher, "service_77") == []
-    async with http.get(f"{observer.http_url}/dashboard/rooms", headers=DASHBOARD) as response:
-        rooms = {r["room"]: r["members"] for r in (await response.json())["rooms"]}
+    rooms = await _rooms(http, observer)
     assert "service_77" not in rooms and "proveedor_77" not in rooms
+    assert (
+        await aredis.exists(KEYS.user_connections("77"), KEYS.node_memberships(proc.node_id)) == 0
+    )
     metrics = await scrape(http, worker_url(worker))
     assert value(metrics, "gateway_worker_janitor_removed_total", kind="nodes") == 1
     assert value(metrics, "gateway_worker_janitor_removed_total", kind="connections") == 1
@@ -101,6 +113,7 @@ async def test_post_dashboard_cleanup_removes_a_dead_nodes_state(
     gateway_process: ProcessFactory[GatewayProcess],
     make_node: Any,
     http: Any,
+    aredis: Any,
 ) -> None:
     observer = await make_node(redis_server.url)
     proc, doomed = await _doomed_node(gateway_process, redis_server.url, http)
@@ -112,7 +125,8 @@ async def test_post_dashboard_cleanup_removes_a_dead_nodes_state(
         }
     proc.kill()
     await asyncio.sleep(2.5)  # the node's lease expires; no worker runs: nothing removes it
-    assert any(c["node"] == proc.node_id for c in await _clients(http, observer))
+    assert await aredis.hkeys(KEYS.node_clients(proc.node_id)) != []
+    assert (await _rooms(http, observer))["service_77"] == 1
     basic = "Basic " + base64.b64encode(b"admin:test-dashboard-token").decode()
     async with http.post(url, headers={"Authorization": basic}) as response:
         assert response.status == 401  # POST needs the Bearer header
@@ -122,6 +136,8 @@ async def test_post_dashboard_cleanup_removes_a_dead_nodes_state(
     # three memberships; all_proveedores keeps a count, no presence entry
     assert removed == {"nodes": 1, "connections": 1, "memberships": 3, "presence": 2}
     assert all(c["node"] != proc.node_id for c in await _clients(http, observer))
+    assert await aredis.exists(KEYS.node_clients(proc.node_id)) == 0
+    assert "service_77" not in await _rooms(http, observer)
     await doomed.close()
 
 

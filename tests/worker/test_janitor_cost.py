@@ -55,10 +55,11 @@ async def test_a_sweep_costs_what_the_dead_node_held_not_every_room(aredis: Any)
     swept = await measure(aredis, sweep)
     assert removed == {"nodes": 1, "connections": 4, "memberships": 8, "presence": 4}
     assert "hgetall" not in swept
-    # commands inside scripts count too: 3 per membership (SREM, HDEL, HINCRBY), 4 per
-    # connection (SREM, ZREM, HDEL, SREM), about 20 per sweep; none for the live node's rooms
-    assert sum(swept.values()) <= 3 * 8 + 4 * 4 + 25, swept
-    assert await aredis.hget(KEYS.room_members, "all_clientes") == b"300"
+    # commands inside scripts count too: 3 per membership (SREM, HDEL, HINCRBY), 2 per
+    # connection (HDEL from the node's clients, SREM from the user's), about 20 per sweep;
+    # none for the live node's rooms
+    assert sum(swept.values()) <= 3 * 8 + 2 * 4 + 25, swept
+    assert await aredis.hget(KEYS.room_members_of("all_clientes"), "all_clientes") == b"300"
 
 
 async def test_presence_checks_the_leases_of_the_rooms_nodes_only(aredis: Any) -> None:

@@ -102,8 +102,8 @@ async def register(state: RedisState, node: str, n: int) -> list[ConnectionInfo]
 
 async def room_state(client: Any) -> tuple[int, bool, int]:
     """(member count, listed in the rooms index, presence entries) of ``ROOM``."""
-    count = await client.hget(KEYS.room_members, ROOM)
-    listed = await client.zscore(KEYS.rooms, ROOM) is not None
+    count = await client.hget(KEYS.room_members_of(ROOM), ROOM)
+    listed = await client.zscore(KEYS.room_index_of(ROOM), ROOM) is not None
     return int(count or 0), listed, int(await client.hlen(KEYS.room_presence(ROOM)))
 
 
@@ -137,7 +137,8 @@ async def test_two_sweeps_at_once_decrement_each_membership_once(
     assert sum(r["connections"] for r in reports) == 3
     assert sum(r["nodes"] for r in reports) == 1
     for conn in conns(DEAD, 3):
-        assert await aredis.hget(KEYS.room_members, f"cliente_{conn.user_id}") is None
+        room = f"cliente_{conn.user_id}"
+        assert await aredis.hget(KEYS.room_members_of(room), room) is None
     assert await aredis.zrange(KEYS.nodes, 0, -1) == [LIVE.encode()]
 
 
@@ -160,14 +161,16 @@ async def test_a_node_that_comes_back_during_its_sweep_keeps_its_live_state(
 
     assert await room_state(aredis) == (5, True, 5)
     assert await aredis.scard(KEYS.node_memberships(DEAD)) == 6
-    assert await aredis.scard(KEYS.node_connections(DEAD)) == 3
+    assert await aredis.hlen(KEYS.node_clients(DEAD)) == 3
     assert await aredis.exists(KEYS.node_lease(DEAD)) == 1
     assert await aredis.zscore(KEYS.nodes, DEAD) is not None
-    assert await aredis.zcard(KEYS.clients) == 5
+    assert await aredis.hlen(KEYS.node_clients(LIVE)) == 2
     for conn in conns(DEAD, 3):
-        assert await aredis.hexists(KEYS.client_info, conn.connection_id)
+        found = await aredis.hget(KEYS.node_clients(DEAD), conn.connection_id)
+        assert found == conn.user_id.encode()
         assert await aredis.sismember(KEYS.user_connections(conn.user_id), conn.connection_id)
-        assert await aredis.hget(KEYS.room_members, f"cliente_{conn.user_id}") == b"1"
+        room = f"cliente_{conn.user_id}"
+        assert await aredis.hget(KEYS.room_members_of(room), room) == b"1"
     # and once it dies for real, one sweep removes it all
     await aredis.delete(KEYS.node_lease(DEAD))
     removed = await RedisState(aredis, KEYS, cluster=cluster).cleanup()
@@ -184,6 +187,25 @@ async def test_a_sweep_repeated_finds_nothing_and_changes_nothing(
     assert first == {"nodes": 1, "connections": 3, "memberships": 6, "presence": 6}
     assert await state.cleanup() == {"nodes": 0, "connections": 0, "memberships": 0, "presence": 0}
     assert await room_state(aredis) == (2, True, 2)
+
+
+async def test_a_node_dead_before_its_first_heartbeat_is_found_and_swept(
+    store: tuple[Any, bool],
+) -> None:
+    """A connection registered before the node's first heartbeat (no rooms yet) indexes the
+    node, so the janitor finds its clients hash and the user's connection set."""
+    aredis, cluster = store
+    node = f"early-{time.time_ns()}"
+    state = RedisState(aredis, KEYS, cluster=cluster)
+    conn = ConnectionInfo(f"{node}-c", "44", "cliente", node, int(time.time() * 1000))
+    await state.add_connection(conn)
+    assert await aredis.zscore(KEYS.nodes, node) is not None
+    assert await aredis.hget(KEYS.node_clients(node), conn.connection_id) == b"44"
+    removed = await RedisState(aredis, KEYS, cluster=cluster).cleanup()
+    assert removed["connections"] >= 1 and removed["nodes"] >= 1
+    assert await aredis.exists(KEYS.node_clients(node)) == 0
+    assert not await aredis.sismember(KEYS.user_connections("44"), conn.connection_id)
+    assert await aredis.zscore(KEYS.nodes, node) is None
 
 
 async def test_dashboard_cleanup_waits_while_the_worker_janitor_sweeps(

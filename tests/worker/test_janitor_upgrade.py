@@ -1,7 +1,9 @@
-"""A rolling upgrade from the previous release (docs/deployment.md): old nodes still write a
-presence hash for the broadcast rooms and count by it; the new janitor sweeps their state
-exactly, and new nodes' counts add up with theirs. The old nodes' script is the previous
-release's ``membership.lua``, kept verbatim in ``tests/worker/legacy/``."""
+"""A rolling upgrade from the previous releases (docs/deployment.md): old nodes count rooms in the
+``{g}`` index, list their connections in ``{g}:clients`` / ``{g}:clients:info`` and keep a
+legacy connections set; new nodes count in the sharded index and keep a clients hash. The new
+janitor tells an old node's state by its legacy set and sweeps it exactly from the legacy keys,
+leaving the new nodes' counts alone. The old nodes' script is the previous release's
+``membership.lua``, kept verbatim in ``tests/worker/legacy/``."""
 
 from __future__ import annotations
 
@@ -43,7 +45,9 @@ async def test_the_new_janitor_sweeps_an_old_nodes_state_exactly(aredis: Any) ->
         await old_node_joins(aredis, conn, [f"cliente_{i}", "all_clientes"])
     new = ConnectionInfo("new-0", "7", "cliente", "new-node", now)
     await state.add_connection(new, ["cliente_7", "all_clientes"])
-    assert await state.room_count("all_clientes") == 3
+    # while old and new nodes are mixed each release counts its own nodes' members
+    assert await state.room_count("all_clientes") == 1
+    assert await aredis.hget(KEYS.room_members, "all_clientes") == b"2"
     assert await aredis.hlen(KEYS.room_presence("all_clientes")) == 2  # the old nodes' entries
 
     await aredis.delete(KEYS.node_lease("old-node"))
@@ -51,6 +55,14 @@ async def test_the_new_janitor_sweeps_an_old_nodes_state_exactly(aredis: Any) ->
     assert removed == {"nodes": 1, "connections": 2, "memberships": 4, "presence": 4}
     assert await state.room_count("all_clientes") == 1
     assert await aredis.exists(KEYS.room_presence("all_clientes")) == 0
-    assert await aredis.zrange(KEYS.rooms, 0, -1) == [b"all_clientes", b"cliente_7"]
+    legacy = [KEYS.rooms, KEYS.room_members, KEYS.clients, KEYS.client_info]
+    legacy += [KEYS.node_connections("old-node"), KEYS.node_memberships("old-node")]
+    legacy += [KEYS.user_connections("0"), KEYS.user_connections("1")]
+    assert await aredis.exists(*legacy) == 0
+    assert await aredis.zrange(KEYS.nodes, 0, -1) == [b"new-node"]
+    assert (await state.list_rooms(10, None)).items == [
+        {"room": "all_clientes", "members": 1},
+        {"room": "cliente_7", "members": 1},
+    ]
     await state.remove_connection(new, ["cliente_7", "all_clientes"])
-    assert await aredis.zcard(KEYS.rooms) == 0
+    assert (await state.list_rooms(10, None)).total == 0

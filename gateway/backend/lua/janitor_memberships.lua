@@ -2,8 +2,9 @@
 -- A node whose lease is back (it re-registered during a long sweep) keeps everything; each
 -- membership counts once, by what SREM removed, so two sweeps at once never count twice.
 -- KEYS[1] node lease                 KEYS[2] node memberships set
--- KEYS[3] room -> member count hash  KEYS[4] rooms index zset (scores 0)
--- KEYS[4 + i] the presence hash of the room of ARGV[i]
+-- KEYS[3i], KEYS[3i+1], KEYS[3i+2] for ARGV[i]'s room: its presence hash, the room -> member
+--         count hash and the rooms index zset that count it (its index shard's; the legacy
+--         {g} ones for a node of an earlier release)
 -- ARGV[i] a membership "room\31connectionId"
 -- Returns {-1, 0} when the node is alive, else {memberships removed, presence entries removed}.
 if redis.call("EXISTS", KEYS[1]) == 1 then
@@ -15,10 +16,11 @@ for i = 1, #ARGV do
     removed = removed + 1
     local sep = string.find(ARGV[i], "\31", 1, true)
     local room = string.sub(ARGV[i], 1, sep - 1)
-    presence = presence + redis.call("HDEL", KEYS[4 + i], string.sub(ARGV[i], sep + 1))
-    if redis.call("HINCRBY", KEYS[3], room, -1) <= 0 then
-      redis.call("HDEL", KEYS[3], room)
-      redis.call("ZREM", KEYS[4], room)
+    local k = 3 * i
+    presence = presence + redis.call("HDEL", KEYS[k], string.sub(ARGV[i], sep + 1))
+    if redis.call("HINCRBY", KEYS[k + 1], room, -1) <= 0 then
+      redis.call("HDEL", KEYS[k + 1], room)
+      redis.call("ZREM", KEYS[k + 2], room)
     end
   end
 end

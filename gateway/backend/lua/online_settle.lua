@@ -1,8 +1,8 @@
 -- A user's grace period ended: offline, unless a connection opened meanwhile.
 -- KEYS[1] the user's hash (user_online)
 -- KEYS[2] the presence stream       optional: single Redis only
--- KEYS[3] the presence due zset     optional: single Redis only
--- KEYS[4] the index of online users optional: single Redis only
+-- KEYS[3] the user's due zset (its shard's, or the legacy one)  optional: single Redis only
+-- KEYS[4] the user's online index shard                       optional: single Redis only
 -- ARGV[1] user id   ARGV[2] now (ms)   ARGV[3] stream MAXLEN   ARGV[4] TTL of an offline user (s)
 -- ARGV[5] the due score the caller read (the zset entry is removed only if not newer)
 -- Returns {status, role, ts}: status 0 = not due yet, 1 = went offline (the caller appends to the
@@ -26,7 +26,7 @@ else
     status = 1
     role = redis.call("HGET", KEYS[1], "role") or ""
     ts = redis.call("HGET", KEYS[1], "seen") or ARGV[2]
-    redis.call("HSET", KEYS[1], "on", "0")
+    redis.call("HSET", KEYS[1], "on", "0", "ix", "0")
     if #KEYS >= 2 then
       redis.call("XADD", KEYS[2], "MAXLEN", "~", ARGV[3], "*",
                  "userId", ARGV[1], "role", role, "online", "0", "ts", ts)
