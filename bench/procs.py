@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import shlex
 import signal
 import sys
@@ -111,10 +112,26 @@ def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
         if key.startswith(("GATEWAY_", "BENCH_", "DJANGO_SETTINGS")):
             masked = "<secret>" if any(w in key for w in ("KEY", "TOKEN", "SECRET")) else value
             shown.append(f"{key}={shlex.quote(masked)}")
-    words = [shlex.quote(_relative(word)) for word in argv]
+    words = [shlex.quote(_relative(_masked_json(word))) for word in argv]
     if words and Path(argv[0]).name.startswith("python"):
         words[0] = "python" if argv[0] == sys.executable else words[0]
     return " ".join(shown + words)
+
+
+def _masked_json(word: str) -> str:
+    """A JSON config argument with its secrets (``api_key``, ``jwtSecret``, tokens) masked."""
+    if not word.startswith("{"):
+        return word
+    try:
+        config = json.loads(word)
+    except ValueError:
+        return word
+    if not isinstance(config, dict):
+        return word
+    for key, value in config.items():
+        if value and any(w in key.lower() for w in ("key", "secret", "token")):
+            config[key] = "<secret>"
+    return json.dumps(config)
 
 
 def _relative(word: str) -> str:
