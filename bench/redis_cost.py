@@ -187,16 +187,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         background = background_rate(shards)
         out["background_per_s"] = {k: round(v, 2) for k, v in background.items()}
         mem0 = shards.used_memory()
-        lg = Loadgen(
-            "gateway",
-            urls,
-            n,
-            log_dir,
-            processes=2 if n >= 500 else 1,
-            concurrency=args.concurrency,
-            id_base=5_000_000,
-            room_mode="personal",
-        )
+
+        def clients() -> Loadgen:
+            """The same users each time: the second round measures reconnects."""
+            return Loadgen(
+                "gateway",
+                urls,
+                n,
+                log_dir,
+                processes=2 if n >= 500 else 1,
+                concurrency=args.concurrency,
+                id_base=5_000_000,
+                room_mode="personal",
+            )
+
+        lg = clients()
         report: dict[str, Any] = {}
         result = measure(shards, background, lambda: report.update(lg.start()))
         _check(report, out)
@@ -211,16 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the nodes remove what a close leaves after the close: give them time in the window
         out["disconnect"] = per(measure(shards, background, lambda: _close(lg)), n)
         time.sleep(1.0)
-        lg = Loadgen(
-            "gateway",
-            urls,
-            n,
-            log_dir,
-            processes=2 if n >= 500 else 1,
-            concurrency=args.concurrency,
-            id_base=5_000_000,
-            room_mode="personal",
-        )
+        lg = clients()
         report = {}
         result = measure(shards, background, lambda: report.update(lg.start()))
         _check(report, out)
