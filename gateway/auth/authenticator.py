@@ -5,7 +5,9 @@
    mark — known here from the control messages and a poll of Redis's list of recent
    disconnects, read from Redis only while that poll is late — (and Django's role for the user
    when the token has no role claim);
-3. the cluster-wide cache in Redis (``shared``), for any other token;
+3. the cluster-wide cache in Redis (``shared``), for any other token: an entry is void while
+   the user's revocation mark is not older than it (the mark known here, read from Redis only
+   while the poll is late);
 4. Django's ``profile/``, whose answer is then cached in Redis and here.
 
 A Redis that fails is skipped for the cache (Django answers instead); a JWT's revocation mark
@@ -29,7 +31,7 @@ import aiohttp
 from gateway.auth.jwt_verify import Claims, JwtVerifier, invalid
 from gateway.auth.local import LocalTokens, Verified
 from gateway.auth.revoke import now_ms
-from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens
+from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens, voided
 from gateway.backend.batch import make_batcher
 from gateway.backend.keys import Keys
 from gateway.closecodes import AuthErrorCode
@@ -191,12 +193,27 @@ class Authenticator:
         return verified
 
     async def _shared_get(self, key: str) -> Verified | None:
+        """An entry of the cluster-wide cache, unless the user's mark voids it: the mark this
+        node knows while its marks are current, else the one in Redis (a node whose poll is
+        late cannot tell a disconnect it missed). No mark to be had: Django decides."""
         assert self.shared is not None
-        hit = await self._shared_call("get", self.shared.get(key))
-        if hit is None or self.local.revoked_since(hit.identity.user_id, hit.verified_at):
+        hit: Verified | None = await self._shared_call("get", self.shared.get(key))
+        if hit is None:
+            return None
+        user = hit.identity.user_id
+        mark = self.local.revoked_at(user)
+        if not self._marks_known():
+            try:
+                shared_mark = await self.shared.revoked_at(user)
+            except _REDIS_ERRORS as exc:
+                self._redis_error("revoked_at", exc)
+                return None
+            if shared_mark is not None:
+                mark = max(mark or 0.0, shared_mark)
+        if voided(mark, hit):
             return None
         self._count("redis")
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     async def _verify_jwt(self, token: str, header: dict[str, Any]) -> Verified:
         assert self.jwt is not None

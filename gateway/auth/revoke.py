@@ -1,9 +1,11 @@
 """``disconnect(user_id)``'s part in Redis: mark when the user was disconnected (JWTs issued
-before it are refused; the mark goes on the user's key and on the list of recent disconnects
-that the nodes poll) and forget the user's cached tokens and role, so a token Django has
-revoked cannot come back from a cache. Run before the control message that closes the user's
-connections. Shared by the nodes (``POST /api/disconnect``) and the publishers: imports no
-aiohttp, and works with sync and asyncio redis clients alike.
+before it are refused, and so are cached token entries whose check began before it; the mark
+goes on the user's key and on the list of recent disconnects that the nodes poll) and forget
+the user's cached role. Entries named in the user's token set are deleted too: only the
+previous release writes that set (this one writes none, its entries are voided by the mark),
+so its entries go as well during a rolling upgrade. Run before the control message that closes
+the user's connections. Shared by the nodes (``POST /api/disconnect``) and the publishers:
+imports no aiohttp, and works with sync and asyncio redis clients alike.
 """
 
 from __future__ import annotations

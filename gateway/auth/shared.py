@@ -2,17 +2,25 @@
 after a node loss) is not verified with Django again.
 
 A token Django verified is stored under its sha256 (never the token) with the identity and when
-the check began, for ``GATEWAY_AUTH_CACHE_S``, and its hash is added to the user's set, which
-``disconnect(user_id)`` (``revoke.py``) reads to delete the user's entries without a scan.
-A check that was still running when the user was disconnected must not leave an entry behind:
-after writing, the node reads the user's revocation mark and deletes its entry again when the
-mark is not older than the check. Either the disconnect's script saw the hash in the set (and
-deleted the entry), or the node's read comes after the mark: the entry cannot survive both.
+the check began (``t``), for ``GATEWAY_AUTH_CACHE_S``: one ``SET``, one round trip also on a
+Redis Cluster. ``disconnect(user_id)`` does not delete the user's entries: it writes the user's
+revocation mark (``revoke.py``), and an entry is void while the mark is not older than its
+``t`` (``CLOCK_SLACK_MS`` allowed). The reader applies that rule (``authenticator``): with the
+mark every node keeps in memory (the control message, and a poll of the recent disconnects)
+while those marks are current, else with the mark read from Redis. So a check that was still
+running when its user was disconnected writes an entry that is void from the start: nothing has
+to be undone after the write.
 
-A hit costs one ``GET``; a miss that Django answers costs ``SET``, ``SADD``, ``PEXPIRE``,
-``GET`` in one round trip (on a Redis Cluster in two: the token's key and the user's keys are on
-different masters, and the entry must exist before the set names it). They go through a group
-commit of their own (``gateway.backend.batch``), so the checks of a storm share round trips.
+A hit costs one ``GET`` (and one more, of the user's mark, only while the node's poll is late);
+a miss that Django answers costs the ``GET`` and the ``SET``. They go through a group commit of
+their own (``gateway.backend.batch``) on a single Redis, so the checks of a storm share round
+trips.
+
+An entry is a JSON array ``[user, role, t]``. The previous release wrote ``{"u", "r", "t"}``
+objects and named each in a per-user set that ``disconnect`` reads: its entries are read here
+too (the same rule), and deleted by a ``disconnect`` of either release. Its nodes cannot parse
+an array, so to them an entry of this release is a miss (Django answers): they never accept
+one, since they would trust it on their local marks alone (docs/deployment.md, the cutover).
 """
 
 from __future__ import annotations
@@ -69,14 +77,18 @@ class SharedTokens:
         return results
 
     async def get(self, token_hash: str) -> Verified | None:
+        """The entry, whatever its ``t``: the caller voids it against the user's mark."""
         [raw] = await self._run(("GET", self.keys.auth_token(token_hash)))
         return None if raw is None else self._parse(raw)
 
     def _parse(self, raw: bytes) -> Verified | None:
         try:
             entry = orjson.loads(raw)
-            user, role, at_ms = str(entry["u"]), entry["r"], int(entry["t"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            if isinstance(entry, list):  # this release's token entries
+                user, role, at_ms = str(entry[0]), entry[1], int(entry[2])
+            else:  # role entries, and the previous release's token entries
+                user, role, at_ms = str(entry["u"]), entry["r"], int(entry["t"])
+        except (orjson.JSONDecodeError, IndexError, KeyError, TypeError, ValueError):
             return None
         if role not in ROLES or not user:
             return None
@@ -84,26 +96,21 @@ class SharedTokens:
         return Verified(Identity(user, role), at, at + self.cache_s)
 
     async def put(self, token_hash: str, verified: Verified) -> None:
-        keys, user = self.keys, verified.identity.user_id
-        ttl_ms = _ms(verified.expires_at - verified.verified_at)
+        """One ``SET``. An entry must not outlive a mark that voids it: the mark is kept for
+        ``GATEWAY_AUTH_REVOCATION_TTL_S``, so the entry lives half of that at most."""
+        ttl_ms = min(
+            _ms(verified.expires_at - verified.verified_at), _ms(self.revocation_ttl_s) // 2
+        )
         if ttl_ms <= 0:
             return
-        entry = orjson.dumps(
-            {"u": user, "r": verified.identity.role, "t": _ms(verified.verified_at)}
-        )
-        store = ("SET", keys.auth_token(token_hash), entry, "PX", ttl_ms)
-        name = (
-            ("SADD", keys.auth_user_tokens(user), token_hash),
-            ("PEXPIRE", keys.auth_user_tokens(user), _ms(self.cache_s)),
-            ("GET", keys.auth_user_revoked(user)),
-        )
-        if self.cluster:  # another master: the entry must exist before the user's set names it
-            await self._run(store)
-            mark = (await self._run(*name))[-1]
-        else:  # one connection: Redis runs the commands in order
-            mark = (await self._run(store, *name))[-1]
-        if self._voids(mark, verified):
-            await self._client().delete(keys.auth_token(token_hash))
+        identity = verified.identity
+        entry = orjson.dumps([identity.user_id, identity.role, _ms(verified.verified_at)])
+        await self._run(("SET", self.keys.auth_token(token_hash), entry, "PX", ttl_ms))
+
+    async def revoked_at(self, user_id: str) -> float | None:
+        """The user's last disconnect (wall s) as Redis has it: one ``GET``."""
+        [raw] = await self._run(("GET", self.keys.auth_user_revoked(user_id)))
+        return None if raw is None else int(raw) / 1000
 
     async def user_state(self, user_id: str) -> tuple[float | None, Verified | None]:
         """The user's last disconnect (wall s) and Django's cached role, in one ``MGET``."""
@@ -127,7 +134,7 @@ class SharedTokens:
             ("SET", keys.auth_user_role(user), entry, "PX", max(1, _ms(self.cache_s))),
             ("GET", keys.auth_user_revoked(user)),
         )
-        if self._voids(mark, verified):
+        if mark is not None and voided(int(mark) / 1000, verified):
             await self._client().delete(keys.auth_user_role(user))
 
     async def revocations_since(self, since_ms: int) -> list[tuple[str, float]]:
@@ -144,9 +151,11 @@ class SharedTokens:
     async def revoke(self, user_id: str, at_ms: int) -> None:
         await revoke_async(self._client(), self.keys, user_id, self.revocation_ttl_s, at_ms)
 
-    @staticmethod
-    def _voids(mark: Any, verified: Verified) -> bool:
-        return mark is not None and int(mark) >= _ms(verified.verified_at) - CLOCK_SLACK_MS
+
+def voided(mark: float | None, verified: Verified) -> bool:
+    """Whether a disconnect at ``mark`` (wall s) voids what a check begun at ``verified_at``
+    found: the mark is not older than the check, by ``CLOCK_SLACK_MS``."""
+    return mark is not None and mark >= verified.verified_at - CLOCK_SLACK_MS / 1000
 
 
 def _text(value: Any) -> str:

@@ -294,18 +294,21 @@ class Keys:
 
     # --- authentication (appended): shared token cache and revocation ----------------------
     def auth_token(self, token_hash: str) -> str:
-        """string: JSON ``{"u": userId, "r": role, "t": verifiedAtMs}`` of a token Django
-        verified, by the token's sha256 (never the token); PX ``GATEWAY_AUTH_CACHE_S``."""
+        """string: JSON ``[userId, role, verifiedAtMs]`` of a token Django verified, by the
+        token's sha256 (never the token); void while the user's ``auth_user_revoked`` mark is
+        not older than ``verifiedAtMs``. PX ``GATEWAY_AUTH_CACHE_S``. (The previous release
+        wrote ``{"u", "r", "t"}``, and named the entry in ``auth_user_tokens``.)"""
         return f"{self.auth_cache_prefix}tok:{token_hash}"
 
     def auth_user_tokens(self, user_id: str) -> str:
-        """set of the user's cached token hashes, so ``disconnect`` forgets them without a
-        scan; PX ``GATEWAY_AUTH_CACHE_S``, refreshed on every add."""
+        """set of the user's cached token hashes, written by the previous release only (this
+        one voids entries by the mark instead); ``disconnect`` still deletes the entries it
+        names, during a rolling upgrade. PX ``GATEWAY_AUTH_CACHE_S``."""
         return f"{self.auth_cache_prefix}user:{{{user_id}}}:tokens"
 
     def auth_user_revoked(self, user_id: str) -> str:
         """string: epoch ms of the user's last ``disconnect``; JWTs issued before it are
-        refused. EX ``GATEWAY_AUTH_REVOCATION_TTL_S``."""
+        refused, and cached tokens verified before it. EX ``GATEWAY_AUTH_REVOCATION_TTL_S``."""
         return f"{self.auth_cache_prefix}user:{{{user_id}}}:revoked"
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 TOKEN_RULE = re.compile(r"^(cliente|proveedor|admin)-([0-9]{1,9})$")
 
 EVENTS_MODES = {"ok", "reject", "fail", "slow", "rooms", "empty", "receipts"}
-PROFILE_MODES = {"ok", "fail", "slow"}
+PROFILE_MODES = {"ok", "fail", "slow", "late"}
 PRESENCE_MODES = {"ok", "fail"}
 
 

@@ -69,6 +69,8 @@ def profile(request: HttpRequest) -> HttpResponse:
     if mode == "slow":
         time.sleep(slow_s)
     user = _authenticate(token)
+    if mode == "late":  # the answer is decided, then on its way for slow_s (a revoke meanwhile
+        time.sleep(slow_s)  # does not change it)
     return _unauthorized() if user is None else JsonResponse(user)
 
 

@@ -55,7 +55,9 @@ class DjangoSite(ManagedProcess):
           ``slow_seconds``, then as ``ok``), ``rooms`` (as ``ok`` plus ``"rooms": rooms``),
           ``empty`` (validate, then 204 without a body), ``receipts`` (as ``ok`` plus
           ``"receipts": true``);
-        - ``profile_mode``: ``ok``, ``fail`` (500) or ``slow``;
+        - ``profile_mode``: ``ok``, ``fail`` (500), ``slow`` (sleep, then answer) or ``late``
+          (answer as things stand, but only after ``slow_seconds``: a revoke meanwhile is
+          not seen);
         - ``presence_mode``: ``ok`` (``presence/`` runs ``gateway.contrib.django.presence_view``)
           or ``fail`` (503: Django is down for the presence feed);
         - ``slow_seconds`` (float, default 1.0), ``rooms`` (list of room names);
