@@ -8,14 +8,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.auth.local import Verified
-from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens
+from gateway.auth.revoke import revoke_async
+from gateway.auth.shared import CLOCK_SLACK_MS, SharedTokens, voided
 from gateway.backend.keys import Keys
+from gateway.djangoapi import AuthFailure
 from gateway.publish import AsyncPublisher, Publisher
 from gateway.rooms import Identity
 from tests.security.helpers import metric
@@ -136,27 +141,190 @@ async def test_after_disconnect_a_good_token_is_verified_with_django_again(
     await back.close()
 
 
-async def test_a_check_in_flight_during_a_disconnect_leaves_no_entry_behind(
+async def test_an_entry_is_void_while_the_users_mark_is_not_older_than_its_check(
     redis_server: RedisServer,
 ) -> None:
-    """A node that asked Django before the disconnect and writes after it: its entry is
-    deleted again (the mark is read after the write), unless it began after the mark."""
+    """No entry is deleted or undone: the mark voids an entry whose check began before it (by
+    ``CLOCK_SLACK_MS``), and a later disconnect voids an entry that was good."""
     client = aioredis.from_url(redis_server.url)
     keys = Keys("gateway")
     shared = SharedTokens(lambda: client, keys, cache_s=30, revocation_ttl_s=60)
     identity = Identity("9", "cliente")
     now = time.time()
     await shared.revoke("9", int(now * 1000))
+    mark = await shared.revoked_at("9")
+    assert mark == int(now * 1000) / 1000
     began_before = Verified(identity, now - 1, now + 29)
-    await shared.put("a" * 64, began_before)
-    assert await client.exists(keys.auth_token("a" * 64)) == 0
+    began_within_slack = Verified(identity, now + CLOCK_SLACK_MS / 1000 - 1, now + 30)
     began_after = Verified(identity, now + CLOCK_SLACK_MS / 1000 + 1, now + 60)
-    await shared.put("b" * 64, began_after)
-    assert await shared.get("b" * 64) is not None
-    # and a later disconnect finds it through the user's set
+    for digest, verified in (("a", began_before), ("b", began_within_slack), ("c", began_after)):
+        await shared.put(digest * 64, verified)
+    entries = {d: await shared.get(d * 64) for d in "abc"}
+    assert all(entry is not None and entry.identity == identity for entry in entries.values())
+    assert [voided(mark, entries[d]) for d in "abc"] == [True, True, False]  # type: ignore[arg-type]
+    # a later disconnect voids the good one too
     await shared.revoke("9", int(time.time() * 1000) + CLOCK_SLACK_MS + 2000)
-    assert await client.exists(keys.auth_token("b" * 64), keys.auth_user_tokens("9")) == 0
+    assert voided(await shared.revoked_at("9"), entries["c"])  # type: ignore[arg-type]
+    assert await shared.revoked_at("10") is None  # another user: no mark
     await client.aclose()
+
+
+@pytest.mark.parametrize("way", ["api", "publisher", "async_publisher"])
+async def test_a_check_in_flight_during_a_disconnect_is_taken_from_no_cache(
+    redis_server: RedisServer, make_node: Any, http: Any, django_site: DjangoSite, way: str
+) -> None:
+    """Node A asks Django; Django decides "valid", and while its answer is on the way the token
+    is revoked and the user disconnected: A writes its entry after the disconnect. Afterwards
+    no node takes the token from a cache: A checks again, and B (which never saw the token)
+    and a node started later find the entry void by the mark. Django refuses each."""
+    a = await make_node(redis_server.url)
+    b = await make_node(redis_server.url)
+    await django_site.acontrol(profile_mode="late", slow_seconds=1.0)
+    in_flight = asyncio.create_task(auth_reply(a, http, "cliente-61"))
+    deadline = time.monotonic() + 10
+    while profile_calls(await django_site.acalls(), "cliente-61") == 0:  # Django has decided
+        assert time.monotonic() < deadline, "node A never asked Django"
+        await asyncio.sleep(0.02)
+    await django_site.acontrol(profile_mode="ok", revoke=["cliente-61"])  # logout in Django...
+    assert await disconnect_by(way, a, http, redis_server.url, "61") == 0  # ...then disconnect
+    reply, client = await in_flight
+    assert (reply["event"], reply["data"]["code"]) == ("auth_error", "invalid_token")
+    assert profile_calls(await django_site.acalls(), "cliente-61") == 2  # A asked again
+    # the race did happen: A's entry is in Redis, from a check that began before the mark
+    keys = Keys("gateway")
+    digest = hashlib.sha256(b"cliente-61").hexdigest()
+    async with aioredis.from_url(redis_server.url) as r:
+        raw, mark = await r.mget(keys.auth_token(digest), keys.auth_user_revoked("61"))
+    assert raw is not None and mark is not None
+    assert orjson.loads(raw)[:2] == ["61", "cliente"] and orjson.loads(raw)[2] < int(mark)
+    c = await make_node(redis_server.url)  # never got the control message
+    for node in (a, b, c):
+        reply, client = await auth_reply(node, http, "cliente-61")
+        assert (reply["event"], reply["data"]["code"]) == ("auth_error", "invalid_token")
+        assert await client.wait_closed() == 4401
+    assert profile_calls(await django_site.acalls(), "cliente-61") == 5
+    for node in (a, b, c):
+        for source in ("redis", "memory"):
+            metric_value = await metric(
+                http, node.http_url, "gateway_auth_token_checks_total", source=source
+            )
+            assert metric_value == 0, (node.http_url, source)
+
+
+async def test_a_node_whose_poll_fails_reads_the_mark_before_it_trusts_the_cache(
+    redis_server: RedisServer, make_node: Any, http: Any, django_site: DjangoSite
+) -> None:
+    """Node B may not run ZRANGEBYSCORE (an ACL): its poll of the recent disconnects fails,
+    so its marks are not current. A disconnect whose control message B never got (only its
+    Redis part runs) must not let B accept the token from the cache: B reads the user's mark.
+    Another user's entry still serves B from Redis. A node whose poll works learns of the
+    disconnect within a poll."""
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "nopoll",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-zrangebyscore"],
+    )
+    a = await make_node(redis_server.url)
+    b = await make_node(f"redis://nopoll:pw@127.0.0.1:{redis_server.port}/0")
+    polled = await make_node(redis_server.url)
+    for token in ("cliente-71", "cliente-72"):
+        client = await a.client(http)
+        await client.authenticate(token)
+        await client.close()
+    assert not b.node.auth._marks_known()  # the poll fails: B cannot vouch for its marks
+    await django_site.acontrol(revoke=["cliente-71"])
+    async with aioredis.from_url(redis_server.url) as r:  # disconnect(71): no control message
+        await revoke_async(r, Keys("gateway"), "71", 3600)
+    reply, client = await auth_reply(b, http, "cliente-71")
+    assert (reply["event"], reply["data"]["code"]) == ("auth_error", "invalid_token")
+    assert await client.wait_closed() == 4401
+    assert profile_calls(await django_site.acalls(), "cliente-71") == 2  # B asked Django
+    client = await b.client(http)
+    assert (await client.authenticate("cliente-72"))["userId"] == "72"
+    assert profile_calls(await django_site.acalls(), "cliente-72") == 1
+    assert await metric(http, b.http_url, "gateway_auth_token_checks_total", source="redis") == 1
+    await client.close()
+    # a node with a working poll: the disconnect reaches it within a poll
+    deadline = time.monotonic() + 10
+    while True:
+        reply, client = await auth_reply(polled, http, "cliente-71")
+        await client.close()
+        if reply["event"] == "auth_error":
+            break
+        assert time.monotonic() < deadline, "the poll never brought the disconnect"
+        await asyncio.sleep(0.2)
+    assert reply["data"]["code"] == "invalid_token"
+
+
+def _auth_commands(servers: list[Any]) -> Counter[str]:
+    """Calls per command, summed over the masters, less the helpers' own."""
+    total: Counter[str] = Counter()
+    for server in servers:
+        for name, value in server.admin().info("commandstats").items():
+            total[name.removeprefix("cmdstat_")] += int(value["calls"])
+    for own in ("info", "config|resetstat", "ping"):
+        total.pop(own, None)
+    return total
+
+
+async def _count(servers: list[Any], call: Any) -> dict[str, int]:
+    before = _auth_commands(servers)
+    await call
+    after = _auth_commands(servers)
+    return {name: n - before[name] for name, n in after.items() if n != before[name]}
+
+
+@pytest.mark.parametrize("topology", ["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_a_first_seen_token_costs_two_commands_and_a_hit_one(
+    request: pytest.FixtureRequest, django_site: DjangoSite, topology: str
+) -> None:
+    """Counted by the servers (INFO commandstats), not by the code: a token Django verifies
+    costs GET (a miss) and SET; a hit on another node costs GET; a node whose poll is late
+    reads the user's mark too (GET)."""
+    from gateway.auth.authenticator import Authenticator
+    from gateway.djangoapi import DjangoClient
+    from tests.support.nodes import node_settings
+
+    cluster = topology == "cluster"
+    if cluster:
+        redis_cluster = request.getfixturevalue("redis_cluster")
+        servers, url = redis_cluster.masters(), redis_cluster.url
+        client: Any = aioredis.RedisCluster.from_url(url)
+    else:
+        server = request.getfixturevalue("redis_server")
+        servers, url = [server], server.url
+        client = aioredis.from_url(url)
+    settings = node_settings(django_site.base_url, url, redis_cluster=cluster)
+    django = DjangoClient(settings)
+    await django.start()
+    backend = SimpleNamespace(name="redis", client=client)  # what for_backend reads of one
+    nodes = [Authenticator.for_backend(settings, backend, django) for _ in range(4)]
+    first, hit, late, after = nodes
+    try:
+        await client.ping()  # a cluster client learns the slots first
+        for node in (first, hit):
+            await node._poll_revocations()  # what follow_revocations does every 2 s
+        assert await _count(servers, first.verify("cliente-81")) == {"get": 1, "set": 1}
+        assert await _count(servers, hit.verify("cliente-81")) == {"get": 1}
+        assert await _count(servers, late.verify("cliente-81")) == {"get": 2}
+        assert profile_calls(await django_site.acalls(), "cliente-81") == 1
+        # disconnect: the entry stays, and is void for a node that reads the mark
+        await django_site.acontrol(revoke=["cliente-81"])
+        await first.revoke("81")
+        with pytest.raises(AuthFailure) as refused:
+            await after.verify("cliente-81")
+        assert refused.value.code == "invalid_token"
+        assert profile_calls(await django_site.acalls(), "cliente-81") == 2
+    finally:
+        for node in nodes:
+            assert node.shared is not None
+            await node.shared.aclose()
+        await django.close()
+        await client.aclose()
 
 
 async def test_redis_cache_entries_expire_with_the_cache_period(
@@ -183,7 +351,8 @@ async def test_cache_and_revocation_on_a_redis_cluster(
     redis_cluster: Any, make_node: Any, http: Any, django_site: DjangoSite
 ) -> None:
     """Token entries spread over the masters; the user's keys share one slot, so the
-    revocation script runs there, and the entries it names are deleted on their own masters."""
+    revocation script runs there. The entries stay where they are, void by the mark: no node
+    takes the token from a cache afterwards."""
     secret = (await django_site.ajwt_keys())["secret"]
     a = await make_node(redis_cluster.url, redis_cluster=True, jwt_secret=secret)
     b = await make_node(redis_cluster.url, redis_cluster=True, jwt_secret=secret)
@@ -217,11 +386,14 @@ async def test_cache_and_revocation_on_a_redis_cluster(
         publisher.close()
     for client in (on_a, on_b, by_jwt):
         assert await client.wait_closed() == 4403
+    mark = await shared.revoked_at("201")
     for h in [digest, *hashes]:
-        assert await cluster_client.exists(keys.auth_token(h)) == 0
+        entry = await shared.get(h)
+        assert entry is not None and voided(mark, entry)
     late = await make_node(redis_cluster.url, redis_cluster=True, jwt_secret=secret)
-    for token in ("cliente-201", jwt):
-        reply, client = await auth_reply(late, http, token)
-        assert (reply["event"], reply["data"]["code"]) == ("auth_error", "invalid_token")
-    assert profile_calls(await django_site.acalls(), "cliente-201") == 2
+    for node in (a, b, late):
+        for token in ("cliente-201", jwt):
+            reply, client = await auth_reply(node, http, token)
+            assert (reply["event"], reply["data"]["code"]) == ("auth_error", "invalid_token")
+    assert profile_calls(await django_site.acalls(), "cliente-201") == 4
     await cluster_client.aclose()
