@@ -155,7 +155,7 @@ class SharedTokens:
 def voided(mark: float | None, verified: Verified) -> bool:
     """Whether a disconnect at ``mark`` (wall s) voids what a check begun at ``verified_at``
     found: the mark is not older than the check, by ``CLOCK_SLACK_MS``."""
-    return mark is not None and mark >= verified.verified_at - CLOCK_SLACK_MS / 1000
+    return mark is not None and round(mark * 1000) >= _ms(verified.verified_at) - CLOCK_SLACK_MS
 
 
 def _text(value: Any) -> str:
