@@ -2,13 +2,14 @@
 
 A sweep costs O(what the dead nodes held), never O(rooms or members): it walks the nodes index,
 and for each node whose lease expired it reads that node's own memberships set in chunks (and
-the legacy clients hash, connectionId -> userId, that a node of an earlier release wrote, with
-the users' legacy connection sets: this release writes neither; a dead node's connection
-counts are in ``user_online``, released by the nodes' accounting sweep). Each chunk is removed by a script that checks the node's
-lease at the moment of deletion, so a node that re-registers during a long sweep keeps its live
-state, and that counts each membership by what ``SREM`` removed, so sweeps that overlap (two
-workers, a worker and ``POST /dashboard/cleanup``, a retry after a lost reply) never count
-anything twice.
+the legacy clients hash, connectionId -> userId, and the users' legacy connection sets that a
+node of an earlier release wrote: this release writes neither; a dead node's connection counts
+are in ``user_online``, released by the nodes' accounting sweep). Each chunk is removed by a
+script that checks the node's lease at the moment of deletion, so a node that re-registers
+during a long sweep keeps its live state, and that counts each membership by what ``SREM``
+removed, so sweeps that overlap (two workers, a worker and ``POST /dashboard/cleanup``, a retry
+after a lost reply) never count anything twice. The connections reported are the distinct
+connection ids of what one node's sweep removed.
 
 On Redis Cluster a dead node's keys share its ``{node}`` slot but rooms and indexes live in other
 slots: a script there claims the chunk (same lease check, same exactly-once removal), then the
