@@ -12,38 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import pytest
-from redis import asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gateway.backend.base import ConnectionInfo, NodeStats
 from gateway.backend.keys import Keys
 from gateway.backend.leases import Lease
 from gateway.backend.redis_state import SEP, RedisState
 from tests.support import RedisServer
-from tests.support.redis_server import RedisCluster
 
 KEYS = Keys("gateway")
 ROOM = "service_5"
 LIVE, DEAD = "live-node", "dead-node"
 READS = frozenset({"smembers", "srandmember", "sscan"})
-
-
-@pytest.fixture(params=["redis", "cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, bool]]:
-    """(client, cluster mode) on a fresh single Redis or the session's Redis Cluster."""
-    client: Any
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url, protocol=2)
-    else:
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        client = AsyncRedisCluster(host="127.0.0.1", port=cluster.ports[0], protocol=2)
-    yield client, request.param == "cluster"
-    await client.aclose()
 
 
 class Interleave:
