@@ -3,7 +3,9 @@
 legacy connections set; new nodes count in the sharded index and keep a clients hash. The new
 janitor tells an old node's state by its legacy set and sweeps it exactly from the legacy keys,
 leaving the new nodes' counts alone. The old nodes' script is the previous release's
-``membership.lua``, kept verbatim in ``tests/worker/legacy/``."""
+``membership.lua``, kept verbatim in ``tests/worker/legacy/``. Nodes of the release after that
+also wrote a clients hash and the users' connection sets, which this release no longer writes:
+the janitor still drains what a dead one of them left."""
 
 from __future__ import annotations
 
