@@ -139,7 +139,8 @@ async def disconnect(request: web.Request, node: Node) -> web.Response:
         return bad_request(_validation_message(exc))
     user_id = str(req.userId)
     try:
-        count = await node.backend.user_connections(user_id)
+        # the nodes' connection counts (accounting), cluster-wide: one read
+        count = (await node.accounting.store.online([user_id], now_ms()))[user_id].connections
         await node.auth.revoke(user_id)  # before the control message: nothing to re-cache
         await node.backend.control(ControlMessage("disconnect", {"userId": user_id}))
     except BACKEND_ERRORS as exc:

@@ -26,7 +26,12 @@ from gateway.backend.event_log import AsyncEventLog, SyncEventLog
 from gateway.backend.keys import Keys
 from gateway.backend.online import MAX_USERS_PER_QUERY, is_valid_user_id
 from gateway.backend.receipts import answer as receipts_answer
-from gateway.backend.redis_online import online_status, status_of
+from gateway.backend.redis_online import (
+    connection_count,
+    connections_of,
+    online_status,
+    status_of,
+)
 from gateway.backend.redis_publish import HistoryPolicy
 from gateway.backend.sentinel import aclose_sentinels, close_sentinels
 from gateway.backend.urls import parse_redis_url
@@ -223,8 +228,9 @@ class Publisher(_Base):
         """Close every connection of the user on every node (close 4403) and forget the
         user's verified tokens: a token Django revoked cannot come back from the cache, and
         the user's JWTs issued before now are refused (for ``GATEWAY_AUTH_REVOCATION_TTL_S``).
-        Returns how many connections the user had open."""
-        count = int(self.client.scard(self.keys.user_connections(str(user_id))))
+        Returns how many connections the user had open (what the nodes count in
+        ``user_online``, cluster-wide)."""
+        count = connections_of(self.client.hgetall(self.keys.user_online(str(user_id))))
         revoke_sync(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         self.client.execute_command(command, self.keys.control_channel, msg)
@@ -297,7 +303,7 @@ class AsyncPublisher(_Base):
         return None if rooms is None else receipts_answer(event_id, rooms)
 
     async def disconnect(self, user_id: str | int) -> int:
-        count = int(await self.client.scard(self.keys.user_connections(str(user_id))))
+        count = await connection_count(self.client, self.keys, str(user_id))
         await revoke_async(self.client, self.keys, str(user_id), self.revocation_ttl_s)
         command, msg = self._control(str(user_id))
         await self.client.execute_command(command, self.keys.control_channel, msg)

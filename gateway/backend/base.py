@@ -220,9 +220,6 @@ class Backend(Protocol):
     async def room_count(self, room: str) -> int:
         """How many connections are in the room, cluster-wide; O(1) whatever its size."""
 
-    async def user_connections(self, user_id: str) -> int:
-        """How many connections the user has open, cluster-wide."""
-
     # --- node registry, dashboard -------------------------------------------------------------
     async def heartbeat(self, stats: NodeStats) -> bool:
         """Refresh this node's lease and stats snapshot. False when the backend had lost the

@@ -109,8 +109,8 @@ class Keys:
         return f"{self.prefix}:node:{{{node}}}:connections"
 
     def node_clients(self, node: str) -> str:
-        """hash connectionId -> userId of the node's connections: what the janitor needs to
-        find a dead node's connections and their users in O(that node)."""
+        """*legacy* hash connectionId -> userId of the node's connections (releases before
+        connection counts came from ``user_online`` only): drained by the janitor."""
         return f"{self.prefix}:node:{{{node}}}:clients"
 
     def node_dashboard(self, node: str) -> str:
@@ -146,7 +146,8 @@ class Keys:
         return self.online_index(shard_of(user_id))
 
     def user_connections(self, user_id: str) -> str:
-        """set of a user's connection ids, cluster-wide (for ``disconnect``)."""
+        """*legacy* set of a user's connection ids, cluster-wide (releases before ``disconnect``
+        counted the ``n:<node>`` fields of ``user_online``): swept by the janitor."""
         return f"{self.prefix}:user:{{{user_id}}}:connections"
 
     @property

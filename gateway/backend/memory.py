@@ -242,9 +242,6 @@ class MemoryBackend:
     async def room_count(self, room: str) -> int:
         return len(self._presence.get(room, ()))
 
-    async def user_connections(self, user_id: str) -> int:
-        return sum(1 for c in self._connections.values() if c.user_id == user_id)
-
     # --- node registry, dashboard -------------------------------------------------------------
     async def heartbeat(self, stats: NodeStats) -> bool:
         self._stats = stats

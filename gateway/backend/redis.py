@@ -406,9 +406,6 @@ class RedisBackend:
     async def room_count(self, room: str) -> int:
         return await self.state.room_count(room)
 
-    async def user_connections(self, user_id: str) -> int:
-        return await self.state.user_connections(user_id)
-
     # --- node registry, dashboard -------------------------------------------------------------
     async def heartbeat(self, stats: NodeStats) -> bool:
         return await self.state.heartbeat(stats, now_ms())

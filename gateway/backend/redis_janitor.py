@@ -1,16 +1,19 @@
 """The Redis janitor: removes what dead nodes left behind, one dead node at a time.
 
 A sweep costs O(what the dead nodes held), never O(rooms or members): it walks the nodes index,
-and for each node whose lease expired it reads that node's own memberships set and clients hash
-(connectionId -> userId) in chunks. Each chunk is removed by a script that checks the node's
-lease at the moment of deletion, so a node that re-registers during a long sweep keeps its live
-state, and that counts each membership by what ``SREM`` removed, so sweeps that overlap (two
-workers, a worker and ``POST /dashboard/cleanup``, a retry after a lost reply) never count
-anything twice.
+and for each node whose lease expired it reads that node's own memberships set in chunks (and
+the legacy clients hash, connectionId -> userId, and the users' legacy connection sets that a
+node of an earlier release wrote: this release writes neither; a dead node's connection counts
+are in ``user_online``, released by the nodes' accounting sweep). Each chunk is removed by a
+script that checks the node's lease at the moment of deletion, so a node that re-registers
+during a long sweep keeps its live state, and that counts each membership by what ``SREM``
+removed, so sweeps that overlap (two workers, a worker and ``POST /dashboard/cleanup``, a retry
+after a lost reply) never count anything twice. The connections reported are the distinct
+connection ids of what one node's sweep removed.
 
 On Redis Cluster a dead node's keys share its ``{node}`` slot but rooms and indexes live in other
 slots: a script there claims the chunk (same lease check, same exactly-once removal), then the
-room counts, presence and the users' connection sets are updated slot by slot. Counts stay
+room counts, presence and (legacy) the users' connection sets are updated slot by slot. Counts stay
 exact; the one window left is a node that re-registers between a claim and the presence
 ``HDEL`` of that chunk (one round trip): its entries in those presence hashes are missing until
 its next registration.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,9 +51,10 @@ def _s(value: Any) -> str:
 @dataclass(slots=True)
 class Removed:
     nodes: int = 0
-    connections: int = 0
+    connections: int = 0  # distinct connections whose memberships or records this sweep removed
     memberships: int = 0
     presence: int = 0
+    gone: set[str] = field(default_factory=set)  # their ids (one node's sweep)
 
     def add(self, other: Removed) -> None:
         self.nodes += other.nodes
@@ -59,7 +63,12 @@ class Removed:
         self.presence += other.presence
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {
+            "nodes": self.nodes,
+            "connections": self.connections,
+            "memberships": self.memberships,
+            "presence": self.presence,
+        }
 
 
 class NodeAlive(Exception):
@@ -115,6 +124,9 @@ class Sweeper:
         except NodeAlive:
             log.info("node %s is alive again: its state stays", node)
             return removed
+        finally:
+            removed.connections = len(removed.gone)
+            removed.gone = set()
         if score is not None:
             removed.nodes = await self._forget(node, score)
         return removed
@@ -147,11 +159,12 @@ class Sweeper:
         for member in chunk:
             room = member.split(SEP, 1)[0]
             keys += [k.room_presence(room), *self._count_keys(room, legacy)]
-        gone, presence = await scripts.load(MEMBERSHIPS).run(self.client, keys, chunk)
+        gone, presence, *conns = await scripts.load(MEMBERSHIPS).run(self.client, keys, chunk)
         if int(gone) < 0:
             raise NodeAlive(node)
         removed.memberships += int(gone)
         removed.presence += int(presence)
+        removed.gone.update(_s(conn) for conn in conns)
 
     async def _memberships_cluster(
         self, node: str, chunk: list[str], removed: Removed, legacy: bool
@@ -161,6 +174,7 @@ class Sweeper:
         for member in claimed:
             room, conn = member.split(SEP, 1)
             by_room.setdefault(room, []).append(conn)
+            removed.gone.add(conn)
         pipe = self.client.pipeline(transaction=False)
         for room, conns in by_room.items():
             pipe.hdel(self.keys.room_presence(room), *conns)
@@ -181,7 +195,8 @@ class Sweeper:
 
     # --- connections --------------------------------------------------------------------------
     async def _clients(self, node: str, pairs: list[tuple[str, str]], removed: Removed) -> None:
-        """Connections of the node's clients hash (connectionId -> userId)."""
+        """Connections of the legacy clients hash (connectionId -> userId) of a node of an
+        earlier release, and their entries in the users' legacy connection sets."""
         k = self.keys
         if self.cluster:
             users = dict(pairs)
@@ -191,15 +206,12 @@ class Sweeper:
                 pipe.srem(k.user_connections(users[conn]), conn)
             if claimed:
                 await pipe.execute()
-            removed.connections += len(claimed)
+            removed.gone.update(claimed)
             return
         keys = [k.node_lease(node), k.node_clients(node)]
         keys += [k.user_connections(user) for _, user in pairs]
         args = [conn for conn, _ in pairs]
-        gone = int(await scripts.load(CLIENTS).run(self.client, keys, args))
-        if gone < 0:
-            raise NodeAlive(node)
-        removed.connections += gone
+        await self._remove_records(CLIENTS, node, keys, args, removed)
 
     async def _legacy_connections(self, node: str, chunk: list[str], removed: Removed) -> None:
         """Connections of a node of an earlier release (legacy set and client info)."""
@@ -216,14 +228,21 @@ class Sweeper:
                     pipe.srem(k.user_connections(user), conn)
             if claimed:
                 await pipe.execute()
-            removed.connections += len(claimed)
+            removed.gone.update(claimed)
             return
         keys = [k.node_lease(node), k.node_connections(node), k.clients, k.client_info]
         keys += [k.user_connections(user) for user in users]
-        gone = int(await scripts.load(CONNECTIONS).run(self.client, keys, chunk))
-        if gone < 0:
+        await self._remove_records(CONNECTIONS, node, keys, chunk, removed)
+
+    async def _remove_records(
+        self, name: str, node: str, keys: list[str], args: list[str], removed: Removed
+    ) -> None:
+        """One legacy script call (single Redis): the connection ids it removed, or nil when
+        the node is alive."""
+        gone = await scripts.load(name).run(self.client, keys, args)
+        if gone is None:
             raise NodeAlive(node)
-        removed.connections += gone
+        removed.gone.update(_s(conn) for conn in gone)
 
     async def _claim(self, key: str, node: str, chunk: Sequence[str]) -> list[str]:
         script = scripts.load(CLAIM)

@@ -270,9 +270,20 @@ async def online_status(
     return {u: status_of(h, now_ms) for u, h in zip(user_ids, await pipe.execute(), strict=True)}
 
 
+async def connection_count(client: Any, keys: Keys, user_id: str) -> int:
+    """How many connections the user has open, cluster-wide (``disconnect``): the sum of the
+    ``n:<node>`` fields of ``user_online`` that every node's accounting keeps, in one read."""
+    return connections_of(await client.hgetall(keys.user_online(user_id)))
+
+
+def connections_of(raw: dict[Any, Any]) -> int:
+    """The sum of the ``n:<node>`` fields of a ``user_online`` hash (``HGETALL`` reply)."""
+    return sum(int(v) for k, v in raw.items() if _s(k).startswith("n:"))
+
+
 def status_of(raw: dict[Any, Any], now_ms: int) -> UserStatus:
     fields = {_s(k): _s(v) for k, v in raw.items()}
-    connections = sum(int(v) for k, v in fields.items() if k.startswith("n:"))
+    connections = connections_of(fields)
     online = fields.get("on") == "1"
     seen = fields.get("seen")
     if connections > 0:

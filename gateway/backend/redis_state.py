@@ -7,8 +7,10 @@ memberships set is the truth about who is in which room: room counts change by w
 ``SREM`` on it changed. Broadcast rooms (``all_clientes``, ``all_proveedores``) keep a count
 only, no presence hash: every cliente is in ``all_clientes``, and ``presence`` of it answers the
 count. No connect, join or leave writes the global ``{g}`` slot: room counts and the rooms index
-live in the room's index shard (``keys.shard_of``), a connection's user in its node's clients
-hash, and what the dashboard lists about a connection only in its node's memory (``local``).
+live in the room's index shard (``keys.shard_of``), and what the dashboard lists about a
+connection only in its node's memory (``local``). A connection itself writes nothing here beyond
+its rooms: how many connections a user has is counted by the accounting (``user_online``,
+redis_online.py), which every authenticated connection goes through.
 """
 
 from __future__ import annotations
@@ -89,19 +91,6 @@ class RedisState:
         args = (delta, conn.connection_id, value, conn.node, score, flags)
         pipe.evalsha(script.sha, len(keys), *keys, *args, *rooms)
 
-    def _queue_connection(self, pipe: Any, conn: ConnectionInfo, add: bool) -> None:
-        k = self.keys
-        if add:
-            pipe.execute_command(
-                "HSET", k.node_clients(conn.node), conn.connection_id, conn.user_id
-            )
-            pipe.sadd(k.user_connections(conn.user_id), conn.connection_id)
-            if conn.node not in self._indexed:  # before its first heartbeat: findable anyway
-                pipe.execute_command("ZADD", k.nodes, "NX", _now_ms(), conn.node)
-        else:
-            pipe.execute_command("HDEL", k.node_clients(conn.node), conn.connection_id)
-            pipe.srem(k.user_connections(conn.user_id), conn.connection_id)
-
     def _remember(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         """The connection's rooms after a join or leave, unless it closed meanwhile."""
         if conn.connection_id in self.local:
@@ -111,33 +100,21 @@ class RedisState:
         """Register a connection and join it to ``rooms``."""
         # listed from now (a close racing this add pops it), unless the add fails
         self.local[conn.connection_id] = (conn, tuple(sorted(rooms)))
+        if not rooms:
+            return
         try:
             if self.cluster:
-                await self._add_connection_cluster(conn, rooms)
-                return
-
-            def queue(pipe: Any) -> None:
-                self._queue_connection(pipe, conn, add=True)
-                if rooms:
-                    self._membership(pipe, conn, 1, rooms)
-
-            await self.batch.run(queue)
+                await self._join_cluster(conn, rooms)
+            else:
+                await self.batch.run(lambda pipe: self._membership(pipe, conn, 1, rooms))
         except BaseException:
             self.local.pop(conn.connection_id, None)
             raise
 
     async def remove_connection(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         self.local.pop(conn.connection_id, None)
-        if self.cluster:
-            await self._remove_connection_cluster(conn, rooms)
-            return
-
-        def queue(pipe: Any) -> None:
-            self._queue_connection(pipe, conn, add=False)
-            if rooms:
-                self._membership(pipe, conn, -1, rooms)
-
-        await self.batch.run(queue)
+        if rooms:
+            await self._leave(conn, rooms)
 
     async def join(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
@@ -172,29 +149,16 @@ class RedisState:
     async def leave(
         self, conn: ConnectionInfo, rooms: Sequence[str], all_rooms: Sequence[str]
     ) -> None:
+        await self._leave(conn, rooms)
+        self._remember(conn, all_rooms)
+
+    async def _leave(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         if self.cluster:
             await self._leave_cluster(conn, rooms)
         else:
             await self.batch.run(lambda pipe: self._membership(pipe, conn, -1, rooms))
-        self._remember(conn, all_rooms)
 
     # --- Redis Cluster: the same steps, one slot at a time -------------------------------------
-    async def _add_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_connection(pipe, conn, add=True)
-        await pipe.execute()
-        if rooms:
-            await self._join_cluster(conn, rooms)
-
-    async def _remove_connection_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_leave(pipe, conn, rooms)
-        self._queue_connection(pipe, conn, add=False)
-        results = await pipe.execute()
-        gone = [room for room, r in zip(rooms, results, strict=False) if int(r) == 1]
-        if gone:
-            await self._count(-1, gone)
-
     async def _join_cluster(self, conn: ConnectionInfo, rooms: Sequence[str]) -> None:
         k = self.keys
         value = SEP.join((conn.user_id, conn.role, conn.node))
@@ -254,9 +218,6 @@ class RedisState:
     async def room_count(self, room: str) -> int:
         """Connections in the room, cluster-wide: one field read whatever the room's size."""
         return int(await self.client.hget(self.keys.room_members_of(room), room) or 0)
-
-    async def user_connections(self, user_id: str) -> int:
-        return int(await self.client.scard(self.keys.user_connections(user_id)))
 
     # --- node registry ------------------------------------------------------------------------
     async def heartbeat(self, stats: NodeStats, now_ms: int) -> bool:

@@ -8,10 +8,13 @@ import sys
 import textwrap
 from typing import Any
 
+from gateway.backend.redis_online import connections_of
 from gateway.publish import AsyncPublisher, Publisher
 from tests.cluster.helpers import KEYS, api_post, assert_quiet, eventually, member
+from tests.support import GatewayProcess, ProcessFactory
 from tests.support.nodes import API_KEY
 from tests.support.processes import child_env
+from tests.support.wsclient import WsClient
 
 
 async def test_disconnect_closes_the_user_on_every_node(
@@ -71,7 +74,58 @@ async def test_disconnect_closes_the_user_on_every_node(
 
 
 def _user_conns(redis: Any, user_id: str) -> int:
-    return int(redis.scard(KEYS.user_connections(user_id)))
+    """The user's connections as the nodes count them (``user_online``'s ``n:<node>``)."""
+    return connections_of(redis.hgetall(KEYS.user_online(user_id)))
+
+
+async def test_disconnect_counts_the_connections_left_after_a_node_is_killed_and_swept(
+    redis_server: Any,
+    make_node: Any,
+    gateway_process: ProcessFactory[GatewayProcess],
+    http: Any,
+) -> None:
+    """A node SIGKILLed keeps its count of the user until its lease expires and a live node's
+    accounting sweeps it; from then on every way of disconnecting counts the live ones only."""
+    redis = redis_server.client()
+    a = await make_node(redis_server.url, presence_grace_s=0.5)
+    doomed = await gateway_process.astart(
+        {
+            "GATEWAY_REDIS_URL": redis_server.url,
+            "GATEWAY_NODE_LEASE_S": "2",
+            "GATEWAY_NODE_HEARTBEAT_S": "0.5",
+        }
+    )
+    on_a = [await member(a, http, "cliente-5"), await member(a, http, "cliente-5")]
+    on_b = await WsClient.connect(http, doomed.ws_url, "cliente-5")
+    await on_b.expect("auth_success")
+    assert _user_conns(redis, "5") == 3
+    doomed.kill()
+    assert _user_conns(redis, "5") == 3  # until the lease expires and a live node sweeps
+    took = await eventually(lambda: _user_conns(redis, "5") == 2, 15, "the dead node swept")
+    assert took > 0.5  # it was the sweep, not a close, that released it
+
+    status, body = await api_post(http, a.http_url, "/api/disconnect", {"userId": "5"})
+    assert (status, body) == (200, {"disconnected": 2})
+    for client in on_a:
+        assert await client.wait_closed(timeout=5) == 4403
+    await eventually(lambda: _user_conns(redis, "5") == 0, 3, "the closes counted")
+
+    again = [await member(a, http, "cliente-5"), await member(a, http, "cliente-5")]
+    publisher = Publisher.from_url(redis_server.url)
+    try:
+        assert await asyncio.to_thread(publisher.disconnect, "5") == 2
+    finally:
+        publisher.close()
+    for client in again:
+        assert await client.wait_closed(timeout=5) == 4403
+    last = await member(a, http, "cliente-5")
+    await eventually(lambda: _user_conns(redis, "5") == 1, 3, "one connection left")
+    async_pub = AsyncPublisher.from_url(redis_server.url)
+    try:
+        assert await async_pub.disconnect("5") == 1
+    finally:
+        await async_pub.aclose()
+    assert await last.wait_closed(timeout=5) == 4403
 
 
 async def test_server_api_is_404_without_a_key_configured(

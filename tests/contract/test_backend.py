@@ -396,18 +396,6 @@ async def test_join_leave_remove_update_rooms_and_clients(backend: Harness) -> N
     assert await clients() == {}
 
 
-async def test_user_connections_counts_open_connections(backend: Harness) -> None:
-    b = backend.backend
-    c1, c2, c3 = backend.conn("u1"), backend.conn("u1"), backend.conn("u2")
-    for conn in (c1, c2, c3):
-        await b.add_connection(conn)
-    assert await b.user_connections("u1") == 2
-    assert await b.user_connections("u2") == 1
-    assert await b.user_connections("nobody") == 0
-    await b.remove_connection(c1, [])
-    assert await b.user_connections("u1") == 1
-
-
 async def test_deregister_removes_the_nodes_connections_and_presence(backend: Harness) -> None:
     b = backend.backend
     conn = backend.conn("u1")
@@ -415,7 +403,6 @@ async def test_deregister_removes_the_nodes_connections_and_presence(backend: Ha
     await b.join(conn, ["room_a"], ["room_a"])
     await b.deregister()
     assert await b.presence("room_a") == []
-    assert await b.user_connections("u1") == 0
     assert (await b.list_clients(100, None)).total == 0
     assert (await b.list_rooms(100, None)).total == 0
 
@@ -429,7 +416,6 @@ async def test_cleanup_keeps_the_state_of_a_live_node(backend: Harness) -> None:
     assert all(isinstance(n, int) for n in removed.values())
     assert removed.get("connections", 0) == 0
     assert await b.presence("room_a") == [PresenceMember("u1", "cliente", 1)]
-    assert await b.user_connections("u1") == 1
 
 
 # --- paging ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from gateway.backend.keys import Keys
 from gateway.backend.online import IP, USER
 from gateway.backend.online_memory import MemoryOnline
 from gateway.backend.redis import make_client
-from gateway.backend.redis_online import RedisOnline
+from gateway.backend.redis_online import RedisOnline, connection_count
 from gateway.events import now_ms
 
 GRACE_MS = 300
@@ -75,6 +75,25 @@ async def _redis_probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
     if batch is not None:
         await batch.aclose()
     await client.aclose()
+
+
+async def test_disconnect_counts_what_every_node_counts(redis_probe: Probe) -> None:
+    """``connection_count`` (``disconnect``'s count: Publisher, POST /api/disconnect) is the sum
+    over the nodes, follows opens, closes, a restored count and a dead node's sweep."""
+    s, client, keys = redis_probe.store, redis_probe.client, redis_probe.keys
+    assert keys is not None
+    for node in ("a", "b", "a"):
+        await s.acquire(node, USER, "7", role="cliente")
+    await s.acquire("a", IP, "10.0.0.1")
+    assert await connection_count(client, keys, "7") == 3
+    assert await connection_count(client, keys, "nobody") == 0
+    await s.release("a", USER, "7")
+    assert await connection_count(client, keys, "7") == 2
+    await s.acquire("c", USER, "7", role="cliente", set_count=4)  # restored after an outage
+    assert await connection_count(client, keys, "7") == 6
+    await s.sweep_node("c")  # c died: its count of 4 goes
+    assert await connection_count(client, keys, "7") == 2
+    assert (await s.online(["7"], now_ms()))["7"].connections == 2
 
 
 async def test_the_cap_counts_every_node_and_a_refusal_counts_nothing(probe: Probe) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gateway.config import load_settings
 from tests.support import RedisServer
+from tests.support.redis_server import RedisCluster
 from worker.main import Worker
 
 _seq = itertools.count(1)
@@ -48,6 +50,20 @@ async def aredis(redis_server: RedisServer) -> AsyncIterator[Any]:
     """An asyncio client on the test's redis-server (bytes replies, RESP2)."""
     client = aioredis.Redis.from_url(redis_server.url, protocol=2)
     yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, bool]]:
+    """(client, cluster mode) on a fresh single Redis or the session's Redis Cluster."""
+    client: Any
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url, protocol=2)
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        client = AsyncRedisCluster(host="127.0.0.1", port=cluster.ports[0], protocol=2)
+    yield client, request.param == "cluster"
     await client.aclose()
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.backend.keys import Keys
+from gateway.backend.redis_online import connection_count
 from tests.support import GatewayProcess, ProcessFactory, RedisServer
 from tests.support.ports import eventually
 from tests.support.wsclient import WsClient
@@ -40,6 +41,10 @@ async def _presence(ws: WsClient, room: str) -> list[dict[str, Any]]:
     reply = await ws.request("presence", {"room": room})
     assert reply["event"] == "presence", reply
     return list(reply["data"]["members"])
+
+
+async def _connection_count(aredis: Any, user_id: str, expected: int) -> bool:
+    return await connection_count(aredis, KEYS, user_id) == expected
 
 
 async def _doomed_node(
@@ -80,6 +85,7 @@ async def test_a_killed_nodes_connections_leave_cluster_state_within_lease_plus_
     await asyncio.sleep(1.5)  # three janitor periods: a live node's state is left alone
     assert [c["node"] for c in await _clients(http, observer)].count(proc.node_id) == 1
     assert [m["userId"] for m in await _presence(watcher, "service_77")] == ["77"]
+    assert await connection_count(aredis, KEYS, "77") == 1
 
     proc.kill()
     # the dashboard's clients are answered by the live nodes: the dead one's are not listed
@@ -87,17 +93,17 @@ async def test_a_killed_nodes_connections_leave_cluster_state_within_lease_plus_
 
     async def gone() -> bool:
         rooms = await _rooms(http, observer)
-        return "service_77" not in rooms and not await aredis.exists(clients_key)
+        return "service_77" not in rooms and not await aredis.exists(memberships_key)
 
-    clients_key = KEYS.node_clients(proc.node_id)
+    memberships_key = KEYS.node_memberships(proc.node_id)
     took = await eventually(gone, 10, "the dead node's connections removed")
     assert took < 2 + 0.5 + 1.5  # lease + one period (+ scheduling slack)
     assert await _presence(watcher, "service_77") == []
     rooms = await _rooms(http, observer)
     assert "service_77" not in rooms and "proveedor_77" not in rooms
-    assert (
-        await aredis.exists(KEYS.user_connections("77"), KEYS.node_memberships(proc.node_id)) == 0
-    )
+    # the dead node's connection count of the user is released by the live node's accounting
+    # sweep (lease + its sweep period): disconnect then counts 0
+    await eventually(lambda: _connection_count(aredis, "77", 0), 10, "the count released")
     metrics = await scrape(http, worker_url(worker))
     assert value(metrics, "gateway_worker_janitor_removed_total", kind="nodes") == 1
     assert value(metrics, "gateway_worker_janitor_removed_total", kind="connections") == 1
@@ -125,7 +131,7 @@ async def test_post_dashboard_cleanup_removes_a_dead_nodes_state(
         }
     proc.kill()
     await asyncio.sleep(2.5)  # the node's lease expires; no worker runs: nothing removes it
-    assert await aredis.hkeys(KEYS.node_clients(proc.node_id)) != []
+    assert await aredis.scard(KEYS.node_memberships(proc.node_id)) == 3
     assert (await _rooms(http, observer))["service_77"] == 1
     basic = "Basic " + base64.b64encode(b"admin:test-dashboard-token").decode()
     async with http.post(url, headers={"Authorization": basic}) as response:
@@ -136,7 +142,7 @@ async def test_post_dashboard_cleanup_removes_a_dead_nodes_state(
     # three memberships; all_proveedores keeps a count, no presence entry
     assert removed == {"nodes": 1, "connections": 1, "memberships": 3, "presence": 2}
     assert all(c["node"] != proc.node_id for c in await _clients(http, observer))
-    assert await aredis.exists(KEYS.node_clients(proc.node_id)) == 0
+    assert await aredis.exists(KEYS.node_memberships(proc.node_id)) == 0
     assert "service_77" not in await _rooms(http, observer)
     await doomed.close()
 

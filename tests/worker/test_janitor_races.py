@@ -12,38 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import pytest
-from redis import asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gateway.backend.base import ConnectionInfo, NodeStats
 from gateway.backend.keys import Keys
 from gateway.backend.leases import Lease
-from gateway.backend.redis_state import RedisState
+from gateway.backend.redis_state import SEP, RedisState
 from tests.support import RedisServer
-from tests.support.redis_server import RedisCluster
 
 KEYS = Keys("gateway")
 ROOM = "service_5"
 LIVE, DEAD = "live-node", "dead-node"
 READS = frozenset({"smembers", "srandmember", "sscan"})
-
-
-@pytest.fixture(params=["redis", "cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, bool]]:
-    """(client, cluster mode) on a fresh single Redis or the session's Redis Cluster."""
-    client: Any
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url, protocol=2)
-    else:
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        client = AsyncRedisCluster(host="127.0.0.1", port=cluster.ports[0], protocol=2)
-    yield client, request.param == "cluster"
-    await client.aclose()
 
 
 class Interleave:
@@ -161,14 +142,12 @@ async def test_a_node_that_comes_back_during_its_sweep_keeps_its_live_state(
 
     assert await room_state(aredis) == (5, True, 5)
     assert await aredis.scard(KEYS.node_memberships(DEAD)) == 6
-    assert await aredis.hlen(KEYS.node_clients(DEAD)) == 3
     assert await aredis.exists(KEYS.node_lease(DEAD)) == 1
     assert await aredis.zscore(KEYS.nodes, DEAD) is not None
-    assert await aredis.hlen(KEYS.node_clients(LIVE)) == 2
+    assert await aredis.scard(KEYS.node_memberships(LIVE)) == 4
     for conn in conns(DEAD, 3):
-        found = await aredis.hget(KEYS.node_clients(DEAD), conn.connection_id)
-        assert found == conn.user_id.encode()
-        assert await aredis.sismember(KEYS.user_connections(conn.user_id), conn.connection_id)
+        found = await aredis.hget(KEYS.room_presence(ROOM), conn.connection_id)
+        assert found == f"{conn.user_id}\x1fcliente\x1f{DEAD}".encode()
         room = f"cliente_{conn.user_id}"
         assert await aredis.hget(KEYS.room_members_of(room), room) == b"1"
     # and once it dies for real, one sweep removes it all
@@ -192,19 +171,23 @@ async def test_a_sweep_repeated_finds_nothing_and_changes_nothing(
 async def test_a_node_dead_before_its_first_heartbeat_is_found_and_swept(
     store: tuple[Any, bool],
 ) -> None:
-    """A connection registered before the node's first heartbeat (no rooms yet) indexes the
-    node, so the janitor finds its clients hash and the user's connection set."""
+    """A connection registered before the node's first heartbeat indexes the node (its rooms'
+    memberships do), so the janitor finds its memberships; a connection writes nothing else."""
     aredis, cluster = store
     node = f"early-{time.time_ns()}"
     state = RedisState(aredis, KEYS, cluster=cluster)
     conn = ConnectionInfo(f"{node}-c", "44", "cliente", node, int(time.time() * 1000))
-    await state.add_connection(conn)
+    room = f"service_{time.time_ns() % 1000}"
+    await state.add_connection(conn, [room])
     assert await aredis.zscore(KEYS.nodes, node) is not None
-    assert await aredis.hget(KEYS.node_clients(node), conn.connection_id) == b"44"
+    assert await aredis.smembers(KEYS.node_memberships(node)) == {
+        f"{room}{SEP}{conn.connection_id}".encode()
+    }
+    assert await aredis.exists(KEYS.node_clients(node), KEYS.user_connections("44")) == 0
     removed = await RedisState(aredis, KEYS, cluster=cluster).cleanup()
     assert removed["connections"] >= 1 and removed["nodes"] >= 1
-    assert await aredis.exists(KEYS.node_clients(node)) == 0
-    assert not await aredis.sismember(KEYS.user_connections("44"), conn.connection_id)
+    assert await aredis.exists(KEYS.node_memberships(node)) == 0
+    assert await aredis.hget(KEYS.room_presence(room), conn.connection_id) is None
     assert await aredis.zscore(KEYS.nodes, node) is None
 
 

@@ -10,9 +10,11 @@
 -- Returns {admitted 0/1, cluster-wide count after, 1 when the user just came online,
 --          1 when the user must be added to the online index (the caller does it without KEYS[4])}.
 -- The one HGETALL also gives "on", "off" and "ix": the writes below happen only when they change
--- something (an online user's next connection: 4 commands, not 7). "ix" = 1 says the user is
--- in the sharded online index (online_settle sets it to 0 with "on"): a user who came online through a node of an earlier release
--- (legacy {g} index) is added by their next connection here.
+-- something, and the node's count goes in the same HSET as role and seen (an online user's next
+-- connection: 3 commands, HGETALL, the node record's HINCRBY and one HSET). "ix" = 1 says the
+-- user is in the sharded online index (online_settle sets it to 0 with "on"): a user who came
+-- online through a node of an earlier release (legacy {g} index) is added by their next
+-- connection here.
 local field = "n:" .. ARGV[1]
 local total, mine = 0, 0
 local on, off, ix = nil, nil, nil
@@ -30,24 +32,26 @@ for i = 1, #flat, 2 do
   end
 end
 local cap = tonumber(ARGV[4])
+local count
 if ARGV[5] == "" then
   if cap > 0 and total >= cap then
     return {0, total, 0, 0}
   end
-  redis.call("HINCRBY", KEYS[1], field, 1)
-  total = total + 1
+  count = mine + 1
   if #KEYS >= 2 then
     redis.call("HINCRBY", KEYS[2], ARGV[2], 1)
   end
 else
-  local count = tonumber(ARGV[5])
-  redis.call("HSET", KEYS[1], field, count)
-  total = total - mine + count
+  count = tonumber(ARGV[5])
   if #KEYS >= 2 then
     redis.call("HSET", KEYS[2], ARGV[2], count)
   end
 end
+total = total - mine + count
+-- the node's own count is written with the user's other fields: one HSET (this script read
+-- "mine" and nothing else runs meanwhile, so setting mine + 1 is the increment)
 if ARGV[6] == "" then
+  redis.call("HSET", KEYS[1], field, count)
   return {1, total, 0, 0}
 end
 if off then
@@ -60,17 +64,17 @@ if on ~= nil and on ~= "1" then
 end
 if on == "1" then
   if ix == "1" then
-    redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3])
+    redis.call("HSET", KEYS[1], field, count, "role", ARGV[7], "seen", ARGV[3])
     return {1, total, 0, 0}
   end
-  redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3], "ix", "1")
+  redis.call("HSET", KEYS[1], field, count, "role", ARGV[7], "seen", ARGV[3], "ix", "1")
   if #KEYS >= 4 then
     redis.call("ZADD", KEYS[4], 0, ARGV[6])
     return {1, total, 0, 0}
   end
   return {1, total, 0, 1}
 end
-redis.call("HSET", KEYS[1], "role", ARGV[7], "seen", ARGV[3], "on", "1", "ix", "1")
+redis.call("HSET", KEYS[1], field, count, "role", ARGV[7], "seen", ARGV[3], "on", "1", "ix", "1")
 if #KEYS >= 3 then
   redis.call("XADD", KEYS[3], "MAXLEN", "~", ARGV[8], "*",
              "userId", ARGV[6], "role", ARGV[7], "online", "1", "ts", ARGV[3])

@@ -2,14 +2,14 @@
 -- KEYS[1] node lease     KEYS[2] node clients hash (connectionId -> userId)
 -- KEYS[2 + i] the user connections set of ARGV[i]'s user
 -- ARGV[i] a connection id
--- Returns -1 when the node is alive, else the number of connections removed.
+-- Returns false (nil) when the node is alive, else the connection ids removed.
 if redis.call("EXISTS", KEYS[1]) == 1 then
-  return -1
+  return false
 end
-local removed = 0
+local removed = {}
 for i = 1, #ARGV do
   if redis.call("HDEL", KEYS[2], ARGV[i]) == 1 then
-    removed = removed + 1
+    removed[#removed + 1] = ARGV[i]
     redis.call("SREM", KEYS[2 + i], ARGV[i])
   end
 end
