@@ -52,23 +52,7 @@ async def test_disconnect_closes_the_user_on_every_node(
     )
 
     # the same through Publisher (sync, int id) and AsyncPublisher
-    again = [await member(c, http, "cliente-5"), await member(a, http, "cliente-5")]
-    publisher = Publisher.from_url(redis_server.url)
-    try:
-        count = await asyncio.to_thread(publisher.disconnect, 5)
-    finally:
-        publisher.close()
-    assert count == 2
-    for client in again:
-        assert await client.wait_closed(timeout=5) == 4403
-    last = await member(b, http, "cliente-5")
-    await eventually(lambda: _user_conns(redis, "5") == 1, 3, "one connection left")
-    async_pub = AsyncPublisher.from_url(redis_server.url)
-    try:
-        assert await async_pub.disconnect("5") == 1
-    finally:
-        await async_pub.aclose()
-    assert await last.wait_closed(timeout=5) == 4403
+    await _disconnect_with_both_publishers(redis_server, http, user=5, two_on=(c, a), one_on=b)
     for client in bystanders:
         assert (await client.request("ping", {}))["event"] == "pong"
 
@@ -76,6 +60,30 @@ async def test_disconnect_closes_the_user_on_every_node(
 def _user_conns(redis: Any, user_id: str) -> int:
     """The user's connections as the nodes count them (``user_online``'s ``n:<node>``)."""
     return connections_of(redis.hgetall(KEYS.user_online(user_id)))
+
+
+async def _disconnect_with_both_publishers(
+    redis_server: Any, http: Any, *, user: int | str, two_on: tuple[Any, Any], one_on: Any
+) -> None:
+    """``Publisher.disconnect`` (sync) counts and closes two connections of ``cliente-<user>``
+    (one on each of ``two_on``), then ``AsyncPublisher.disconnect`` one more on ``one_on``."""
+    token, redis = f"cliente-{user}", redis_server.client()
+    again = [await member(node, http, token) for node in two_on]
+    publisher = Publisher.from_url(redis_server.url)
+    try:
+        assert await asyncio.to_thread(publisher.disconnect, user) == 2
+    finally:
+        publisher.close()
+    for client in again:
+        assert await client.wait_closed(timeout=5) == 4403
+    last = await member(one_on, http, token)
+    await eventually(lambda: _user_conns(redis, str(user)) == 1, 3, "one connection left")
+    async_pub = AsyncPublisher.from_url(redis_server.url)
+    try:
+        assert await async_pub.disconnect(str(user)) == 1
+    finally:
+        await async_pub.aclose()
+    assert await last.wait_closed(timeout=5) == 4403
 
 
 async def test_disconnect_counts_the_connections_left_after_a_node_is_killed_and_swept(
@@ -110,22 +118,7 @@ async def test_disconnect_counts_the_connections_left_after_a_node_is_killed_and
         assert await client.wait_closed(timeout=5) == 4403
     await eventually(lambda: _user_conns(redis, "5") == 0, 3, "the closes counted")
 
-    again = [await member(a, http, "cliente-5"), await member(a, http, "cliente-5")]
-    publisher = Publisher.from_url(redis_server.url)
-    try:
-        assert await asyncio.to_thread(publisher.disconnect, "5") == 2
-    finally:
-        publisher.close()
-    for client in again:
-        assert await client.wait_closed(timeout=5) == 4403
-    last = await member(a, http, "cliente-5")
-    await eventually(lambda: _user_conns(redis, "5") == 1, 3, "one connection left")
-    async_pub = AsyncPublisher.from_url(redis_server.url)
-    try:
-        assert await async_pub.disconnect("5") == 1
-    finally:
-        await async_pub.aclose()
-    assert await last.wait_closed(timeout=5) == 4403
+    await _disconnect_with_both_publishers(redis_server, http, user="5", two_on=(a, a), one_on=a)
 
 
 async def test_server_api_is_404_without_a_key_configured(

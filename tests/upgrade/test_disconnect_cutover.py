@@ -10,10 +10,7 @@ leaves its clients hash and user set entries: this release's janitor removes the
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,9 @@ import pytest
 from gateway.backend.keys import Keys
 from gateway.backend.redis_online import connections_of
 from gateway.publish import Publisher
-from tests.support.ports import REPO_ROOT, eventually
+from tests.support.ports import eventually
 from tests.support.processes import child_env
+from tests.support.releases import extract_release
 from tests.support.wsclient import WsClient
 
 BEFORE = "65e8475"  # the last commit whose nodes wrote user:{id}:connections and node:{N}:clients
@@ -33,22 +31,8 @@ API_KEY = "cutover-key"
 
 
 @pytest.fixture(scope="module")
-def release_before(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    target = tmp_path_factory.mktemp("release-before")
-    archive = target / "src.tar"
-    try:
-        with archive.open("wb") as out:
-            subprocess.run(
-                ["git", "-C", str(REPO_ROOT), "archive", BEFORE, "gateway", "worker"],
-                stdout=out,
-                check=True,
-                stderr=subprocess.PIPE,
-            )
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"commit {BEFORE} is not in this clone ({exc.stderr.decode().strip()})")
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    yield target
+def release_before(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return extract_release(BEFORE, tmp_path_factory.mktemp("release-before"))
 
 
 async def old_publisher_disconnect(release: Path, url: str, user_id: str) -> int:

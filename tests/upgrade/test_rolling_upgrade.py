@@ -11,9 +11,6 @@ with every event of its rooms exactly once, in order.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +18,16 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.publish import Publisher
-from tests.support.ports import REPO_ROOT
+from tests.support.releases import extract_release
 
 PREVIOUS_RELEASE = "2c5b7dd"
 ROOM = "service_77"
 
 
 @pytest.fixture(scope="module")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``gateway`` and ``worker`` packages, from git history."""
-    target = tmp_path_factory.mktemp("previous-release")
-    archive = target / "src.tar"
-    try:
-        with archive.open("wb") as out:
-            subprocess.run(
-                ["git", "-C", str(REPO_ROOT), "archive", PREVIOUS_RELEASE, "gateway", "worker"],
-                stdout=out,
-                check=True,
-                stderr=subprocess.PIPE,
-            )
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(
-            f"commit {PREVIOUS_RELEASE} is not in this clone ({exc.stderr.decode().strip()}): "
-            "the rolling-upgrade test needs the repository's history (not a shallow clone)"
-        )
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    yield target
+    return extract_release(PREVIOUS_RELEASE, tmp_path_factory.mktemp("previous-release"))
 
 
 class Collector:
