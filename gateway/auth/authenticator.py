@@ -93,7 +93,6 @@ class Authenticator:
                 Keys(settings.redis_prefix),
                 cache_s=settings.auth_cache_s,
                 revocation_ttl_s=settings.auth_revocation_ttl_s,
-                cluster=settings.cluster_mode,
                 # a group commit of its own; a Cluster's keys are on several masters: redis-py
                 batch=None
                 if settings.cluster_mode

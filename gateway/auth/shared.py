@@ -52,13 +52,11 @@ class SharedTokens:
         *,
         cache_s: float,
         revocation_ttl_s: int,
-        cluster: bool = False,
         batch: Any = None,
     ) -> None:
         self._client = client  # the backend's client, looked up at each use
         self._batch = batch  # a gateway.backend.batch group commit, or None
         self.keys = keys
-        self.cluster = cluster
         self.cache_s = cache_s
         self.revocation_ttl_s = revocation_ttl_s
 

@@ -367,9 +367,7 @@ async def test_cache_and_revocation_on_a_redis_cluster(
     # more cached tokens of the user (other devices), landing on several masters
     cluster_client = aioredis.RedisCluster.from_url(redis_cluster.url)
     keys = Keys("gateway")
-    shared = SharedTokens(
-        lambda: cluster_client, keys, cache_s=30, revocation_ttl_s=60, cluster=True
-    )
+    shared = SharedTokens(lambda: cluster_client, keys, cache_s=30, revocation_ttl_s=60)
     hashes = [hashlib.sha256(f"device-{i}".encode()).hexdigest() for i in range(12)]
     for digest in hashes:
         await shared.put(
